@@ -1,0 +1,65 @@
+"""Parse and normalise email addresses; refuse header values that could inject headers."""
+
+from __future__ import annotations
+
+from email.utils import getaddresses, parseaddr
+
+from email_validator import EmailNotValidError, validate_email
+
+from postroom.errors import HeaderInjection, InvalidAddress
+
+_LINE_BREAKS = ("\r", "\n", "\x00")
+_NEEDS_QUOTES = set('()<>[]:;@\\,."')
+
+
+def reject_line_breaks(value: str, *, field: str) -> str:
+    """Return ``value`` unchanged, or raise ``HeaderInjection`` if it holds CR, LF or NUL."""
+    if any(char in value for char in _LINE_BREAKS):
+        raise HeaderInjection("line breaks are not allowed in header values", field=field)
+    return value
+
+
+def format_address(name: str, addr: str) -> str:
+    """``Name <addr>`` with the name quoted when RFC 5322 requires it; bare ``addr`` if no name."""
+    if not name:
+        return addr
+    if any(char in _NEEDS_QUOTES for char in name):
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        name = f'"{escaped}"'
+    return f"{name} <{addr}>"
+
+
+def normalize_address(value: str, *, field: str) -> str:
+    """Validate one address (``a@b.example`` or ``Name <a@b.example>``) and return its normal form.
+
+    The domain is lower-cased and IDNA-normalised by email-validator; deliverability (DNS) is
+    not checked here because that would put a network round trip inside ``send()``.
+    """
+    if not isinstance(value, str):
+        raise InvalidAddress("an address must be a string", field=field)
+    reject_line_breaks(value, field=field)
+    value = value.strip()
+    if value.count("<") > 1 or len(getaddresses([value])) != 1:
+        raise InvalidAddress("give exactly one address per entry", field=field)
+    name, addr = parseaddr(value)
+    if not addr:
+        raise InvalidAddress(f"{value!r} is not an email address", field=field)
+    try:
+        checked = validate_email(addr, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise InvalidAddress(str(error), field=field) from None
+    return format_address(name.strip(), checked.normalized)
+
+
+def normalize_addresses(values: str | list[str] | tuple[str, ...] | None, *, field: str) -> list[str]:
+    """Validate a single address or a list of them; ``None`` gives an empty list."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [normalize_address(value, field=f"{field}[{i}]") for i, value in enumerate(values)]
+
+
+def split_address(formatted: str) -> tuple[str, str]:
+    """``(display name, addr-spec)`` of an address produced by ``normalize_address``."""
+    return parseaddr(formatted)

@@ -1,0 +1,146 @@
+"""Claiming due messages with a lease, and the sweeps that keep the outbox moving.
+
+Every query here is a single conditional statement, so two workers (or two copies of one task)
+racing for the same rows can never both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from postroom.events import NewEvent, append_events
+from postroom.messages import CLAIMABLE, Message, MessageStatus
+
+
+def claim_due(
+    session: Session, ids: Sequence[str], *, lease: timedelta, now: datetime
+) -> list[Message]:
+    """Move the due, claimable messages among ``ids`` to ``sending`` and return them.
+
+    A message already claimed, sent or cancelled is not returned: that is what makes a
+    redelivered task harmless.
+    """
+    if not ids:
+        return []
+    claimed = list(
+        session.scalars(
+            update(Message)
+            .where(
+                Message.id.in_(ids),
+                Message.status.in_(CLAIMABLE),
+                Message.next_attempt_at <= now,
+            )
+            .values(
+                status=MessageStatus.SENDING.value,
+                lease_until=now + lease,
+                attempts=Message.attempts + 1,
+                updated_at=now,
+            )
+            .returning(Message),
+            execution_options={"populate_existing": True, "synchronize_session": False},
+        )
+    )
+    append_events(
+        session,
+        (NewEvent(m.id, MessageStatus.SENDING, f"attempt {m.attempts}") for m in claimed),
+        at=now,
+    )
+    return claimed
+
+
+@dataclass(frozen=True)
+class DueMessage:
+    """A message the dispatch sweep is about to publish."""
+
+    id: str
+    stream: str
+
+
+def promote_scheduled(session: Session, *, now: datetime) -> int:
+    """Turn scheduled messages whose time has come into queued ones; return how many."""
+    promoted = list(
+        session.scalars(
+            update(Message)
+            .where(Message.status == MessageStatus.SCHEDULED.value, Message.next_attempt_at <= now)
+            .values(status=MessageStatus.QUEUED.value, updated_at=now)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    append_events(session, (NewEvent(i, MessageStatus.QUEUED, "send_at reached") for i in promoted), at=now)
+    return len(promoted)
+
+
+def mark_dispatchable(
+    session: Session, *, now: datetime, redispatch_after: timedelta, limit: int
+) -> list[DueMessage]:
+    """Stamp and return due messages that have no live task: never published, or too long ago."""
+    stale = now - redispatch_after
+    candidates = (
+        select(Message.id)
+        .where(
+            Message.status.in_(CLAIMABLE),
+            Message.next_attempt_at <= now,
+            or_(Message.dispatched_at.is_(None), Message.dispatched_at < stale),
+        )
+        .order_by(Message.next_attempt_at)
+        .limit(limit)
+    )
+    rows = session.execute(
+        update(Message)
+        .where(
+            Message.id.in_(candidates.scalar_subquery()),
+            # re-checked here: the row may have been claimed since the subquery saw it
+            Message.status.in_(CLAIMABLE),
+            or_(Message.dispatched_at.is_(None), Message.dispatched_at < stale),
+        )
+        .values(dispatched_at=now)
+        .returning(Message.id, Message.stream)
+        .execution_options(synchronize_session=False)
+    )
+    return [DueMessage(id=row.id, stream=row.stream) for row in rows]
+
+
+def recover_expired(
+    session: Session, *, now: datetime, max_attempts: int
+) -> int:
+    """Retake ``sending`` messages whose lease ran out (their worker died); return how many.
+
+    They become ``deferred`` and due now, or ``failed`` when no attempt is left. Only an
+    expired lease is retaken, so a slow but living worker is never raced.
+    """
+    expired = (Message.status == MessageStatus.SENDING.value, Message.lease_until < now)
+    detail = "lease expired: the worker handling it stopped before recording an outcome"
+    failed = session.scalars(
+        update(Message)
+        .where(*expired, Message.attempts >= max_attempts)
+        .values(status=MessageStatus.FAILED.value, lease_until=None, updated_at=now, last_error=detail)
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    deferred = session.scalars(
+        update(Message)
+        .where(*expired)
+        .values(
+            status=MessageStatus.DEFERRED.value,
+            lease_until=None,
+            next_attempt_at=now,
+            dispatched_at=None,
+            updated_at=now,
+            last_error=detail,
+        )
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    append_events(
+        session,
+        [NewEvent(i, MessageStatus.FAILED, detail) for i in failed]
+        + [NewEvent(i, MessageStatus.DEFERRED, detail) for i in deferred],
+        at=now,
+    )
+    return len(failed) + len(deferred)

@@ -1,0 +1,222 @@
+"""Postroom(settings): the object behind ``postroom.send`` and every worker task."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from postroom import claims, messages
+from postroom.db import EngineCache, Publish, publish_after_commit, utcnow
+from postroom.delivery import Deliverer, DeliveryReport
+from postroom.drafts import Limits, Stream, build_draft
+from postroom.events import MessageEvent, list_events
+from postroom.messages import Message, MessageStatus
+from postroom.settings import Settings
+from postroom.tasks import DELIVER_TASK, create_celery, queue_for
+from postroom.transports import Transport, create_transport
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+
+class Postroom:
+    """Puts messages in the outbox and, inside workers, delivers them.
+
+    ``settings`` defaults to ``Settings()`` read from the environment. ``publish`` replaces
+    publishing Celery tasks (``publish(stream, ids)``), and ``transport`` replaces the transport
+    built from ``settings.transport_url``; both exist for embedding and tests. ``clock`` gives
+    the current aware UTC time.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        publish: Publish | None = None,
+        transport: Transport | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.clock = clock
+        self._engines = EngineCache(self.settings.database_url)
+        self._publish_override = publish
+        self._fixed_transport = transport
+        self._process_transport: tuple[int, Transport] | None = None
+        self._celery: Celery | None = None
+        self._limits = Limits(
+            max_message_bytes=self.settings.max_message_bytes,
+            max_recipients=self.settings.max_recipients,
+        )
+
+    # producer side ------------------------------------------------------------------------
+
+    def send(
+        self,
+        to: str | Sequence[str] | None = None,
+        subject: str | None = None,
+        *,
+        from_: str | None = None,
+        text: str | None = None,
+        html: str | None = None,
+        cc: str | Sequence[str] | None = None,
+        bcc: str | Sequence[str] | None = None,
+        reply_to: str | Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        send_at: datetime | None = None,
+        stream: str = Stream.TRANSACTIONAL,
+        session: Session | None = None,
+    ) -> Message:
+        """Validate and store a message, then publish its delivery task after the commit.
+
+        Returns once the row is committed (or, with ``session``, once it is added to that
+        transaction: the task is published when the caller commits, and never on rollback).
+        Raises a ``MessageRejected`` subclass, before storing anything, for invalid input.
+        With an ``idempotency_key`` already used, returns the message stored under it.
+        """
+        draft = build_draft(
+            from_=from_ or self.settings.default_from,
+            to=to,
+            subject=subject,
+            text=text,
+            html=html,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            headers=headers,
+            tags=tags,
+            metadata=metadata,
+            stream=stream,
+            send_at=send_at,
+            idempotency_key=idempotency_key,
+            limits=self._limits,
+        )
+        if session is not None:
+            return self._add(session, draft)
+        with self.sessions() as own:
+            message = self._add(own, draft)
+            own.commit()
+        return message
+
+    async def asend(self, *args: Any, **kwargs: Any) -> Message:
+        """``send`` for async code; the database work runs in a worker thread."""
+        if kwargs.get("session") is not None:
+            raise TypeError("asend() does not join a session; use send(..., session=...)")
+        return await asyncio.to_thread(functools.partial(self.send, *args, **kwargs))
+
+    def _add(self, session: Session, draft: Any) -> Message:
+        message, created = messages.create(session, draft, now=self.clock())
+        if created and message.status == MessageStatus.QUEUED:
+            publish_after_commit(session, message.stream, [message.id], self._publish)
+        return message
+
+    def get_message(self, message_id: str) -> Message:
+        """The message with ``message_id``; ``MessageNotFound`` if there is none."""
+        with self.sessions() as session:
+            return messages.get(session, message_id)
+
+    def get_events(self, message_id: str) -> list[MessageEvent]:
+        """The message's status transitions, oldest first."""
+        with self.sessions() as session:
+            messages.get(session, message_id)
+            return list_events(session, message_id)
+
+    def list_messages(
+        self, *, status: MessageStatus | None = None, before: str | None = None, limit: int = 50
+    ) -> list[Message]:
+        """A page of messages, newest first."""
+        with self.sessions() as session:
+            return messages.list_messages(session, status=status, before=before, limit=limit)
+
+    def cancel(self, message_id: str) -> Message:
+        """Cancel a message not yet being sent; ``InvalidTransition`` otherwise."""
+        with self.sessions.begin() as session:
+            return messages.cancel(session, message_id, now=self.clock())
+
+    # worker side ----------------------------------------------------------------------------
+
+    def deliver(self, ids: Sequence[str]) -> DeliveryReport:
+        """Claim, send and record the due messages among ``ids`` (the body of the Celery task)."""
+        deliverer = Deliverer(
+            sessions=self.sessions,
+            transport=self.transport,
+            policy=self.settings.retry,
+            lease=timedelta(seconds=self.settings.lease_seconds),
+            clock=self.clock,
+        )
+        return deliverer.deliver(ids)
+
+    def dispatch_due(self) -> int:
+        """Publish every due message without a live task; return how many were published."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            claims.promote_scheduled(session, now=now)
+            due = claims.mark_dispatchable(
+                session,
+                now=now,
+                redispatch_after=timedelta(seconds=self.settings.redispatch_after_seconds),
+                limit=self.settings.dispatch_limit,
+            )
+        by_stream: dict[str, list[str]] = {}
+        for message in due:
+            by_stream.setdefault(message.stream, []).append(message.id)
+        size = self.settings.batch_size
+        for stream, ids in by_stream.items():
+            for start in range(0, len(ids), size):
+                self._publish(stream, ids[start : start + size])
+        return len(due)
+
+    def recover_expired(self) -> int:
+        """Retake messages whose worker died mid-send; return how many."""
+        with self.sessions.begin() as session:
+            return claims.recover_expired(
+                session, now=self.clock(), max_attempts=self.settings.retry.max_attempts
+            )
+
+    # resources ------------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Session factory on this process's engine."""
+        return self._engines.sessions
+
+    @property
+    def transport(self) -> Transport:
+        """This process's transport: connections are never shared with a forked child."""
+        if self._fixed_transport is not None:
+            return self._fixed_transport
+        pid = os.getpid()
+        if self._process_transport is None or self._process_transport[0] != pid:
+            self._process_transport = (pid, create_transport(self.settings.transport_url))
+        return self._process_transport[1]
+
+    @property
+    def celery(self) -> Celery:
+        """The Celery app whose tasks deliver through this client."""
+        if self._celery is None:
+            self._celery = create_celery(self)
+        return self._celery
+
+    def _publish(self, stream: str, ids: list[str]) -> None:
+        if self._publish_override is not None:
+            self._publish_override(stream, ids)
+        else:
+            self.celery.send_task(DELIVER_TASK, args=[ids], queue=queue_for(stream))
+
+    def close(self) -> None:
+        """Close pooled database and transport connections held by this process."""
+        if self._process_transport is not None and self._process_transport[0] == os.getpid():
+            self._process_transport[1].close()
+        self._process_transport = None
+        self._engines.dispose()

@@ -1,0 +1,156 @@
+"""Engines, sessions and the hook that publishes tasks only after their rows are committed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+logger = logging.getLogger(__name__)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id() -> str:
+    """A 26-character id that sorts by creation time (48-bit milliseconds, 80 random bits)."""
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every database.
+
+    SQLite has no time zones, so values are stored as naive UTC there; the same conversion on
+    bound parameters keeps its text comparisons (``next_attempt_at <= :now``) correct.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where an aware one is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every postroom table."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the psycopg 3 driver for plain ``postgresql://`` URLs."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; busy_timeout makes writers queue instead of
+    # failing with "database is locked" when several worker processes commit at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_db_engine(database_url: str) -> Engine:
+    """An engine for ``database_url`` tuned for postroom's access pattern."""
+    url = normalize_database_url(database_url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def create_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded rows readable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+class EngineCache:
+    """One engine per process: a forked worker child must never reuse its parent's sockets."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._pid: int | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory for this process, created on first use."""
+        if self._sessions is None or self._pid != os.getpid():
+            self._sessions = create_session_factory(create_db_engine(self._database_url))
+            self._pid = os.getpid()
+        return self._sessions
+
+    def dispose(self) -> None:
+        """Close this process's pooled connections."""
+        if self._sessions is not None and self._pid == os.getpid():
+            bind = self._sessions.kw.get("bind")
+            if isinstance(bind, Engine):
+                bind.dispose()
+        self._sessions = None
+
+
+Publish = Callable[[str, list[str]], None]
+
+
+@dataclass
+class _PendingPublications:
+    publish: Publish
+    by_stream: dict[str, list[str]] = field(default_factory=dict)
+
+    def flush(self) -> None:
+        pending, self.by_stream = self.by_stream, {}
+        for stream, ids in pending.items():
+            try:
+                self.publish(stream, ids)
+            except Exception:
+                # The rows are committed; the dispatch sweep publishes them again, so a broker
+                # outage delays these messages but loses none.
+                logger.warning("publishing %d message(s) failed; the sweep will retry", len(ids))
+
+
+_PENDING_KEY = "postroom.pending_publications"
+
+
+def publish_after_commit(session: Session, stream: str, ids: Iterable[str], publish: Publish) -> None:
+    """Publish ``ids`` once ``session``'s transaction commits, and never if it rolls back."""
+    pending: _PendingPublications | None = session.info.get(_PENDING_KEY)
+    if pending is None:
+        pending = _PendingPublications(publish)
+        session.info[_PENDING_KEY] = pending
+        event.listen(session, "after_commit", lambda _s: pending.flush())
+        event.listen(session, "after_rollback", lambda _s: pending.by_stream.clear())
+    pending.by_stream.setdefault(stream, []).extend(ids)

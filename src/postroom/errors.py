@@ -1,0 +1,89 @@
+"""Errors raised by postroom.
+
+PostroomError
+├── ConfigurationError              at startup: bad settings, unknown transport scheme
+├── MessageRejected (ValueError)    the caller's input; nothing was stored
+│   ├── InvalidAddress  ├── HeaderInjection  ├── MessageTooLarge  └── TemplateError
+├── MessageNotFound (LookupError)
+├── InvalidTransition               e.g. cancel() on a message that was already sent
+└── DeliveryError                   raised by transports, handled in delivery.py
+    ├── TemporaryFailure            → deferred, retried with backoff
+    └── PermanentFailure            → failed; a hard bounce also suppresses the address
+
+Every ``str()`` here is safe to log: no credentials and no message bodies.
+"""
+
+from __future__ import annotations
+
+
+class PostroomError(Exception):
+    """Base class of every error postroom raises on purpose."""
+
+
+class ConfigurationError(PostroomError):
+    """A setting is missing or malformed, or names something postroom does not know."""
+
+
+class MessageRejected(PostroomError, ValueError):
+    """The caller's input was refused; nothing was stored.
+
+    ``field`` names the offending input (``"to[1]"``, ``"headers.X-Tag"``) so the REST layer
+    can answer 422 naming it.
+    """
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.detail = detail
+        self.field = field
+
+
+class InvalidAddress(MessageRejected):
+    """An address that does not parse or whose domain cannot receive mail."""
+
+
+class HeaderInjection(MessageRejected):
+    """A header value (subject, display name, custom header) contains CR or LF."""
+
+
+class MessageTooLarge(MessageRejected):
+    """A body, subject, header or recipient list exceeds the configured limits."""
+
+
+class TemplateError(MessageRejected):
+    """A template failed to compile or render."""
+
+
+class MessageNotFound(PostroomError, LookupError):
+    """No message has the given id."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"no message with id {message_id!r}")
+        self.message_id = message_id
+
+
+class InvalidTransition(PostroomError):
+    """The requested change of status is not allowed from the message's current status."""
+
+    def __init__(self, message_id: str, current: str, target: str) -> None:
+        super().__init__(f"message {message_id} is {current}; it cannot become {target}")
+        self.message_id = message_id
+        self.current = current
+        self.target = target
+
+
+class DeliveryError(PostroomError):
+    """A transport could not hand a message over."""
+
+    def __init__(self, detail: str, *, transport: str, code: int | None = None) -> None:
+        super().__init__(f"{transport}: {detail}")
+        self.detail = detail
+        self.transport = transport
+        self.code = code  # SMTP reply code or HTTP status, recorded on the event row
+
+
+class TemporaryFailure(DeliveryError):
+    """Worth retrying later: SMTP 4xx, timeouts, refused or dropped connections."""
+
+
+class PermanentFailure(DeliveryError):
+    """Retrying cannot help: SMTP 5xx, a rejected sender or recipient."""

@@ -1,0 +1,87 @@
+"""Settings: read once from ``POSTROOM_*`` environment variables (and ``.env``) per entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from postroom.retry import RetryPolicy
+
+REDACTED = "***"
+_URL_FIELDS = ("database_url", "broker_url", "transport_url")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to log or print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Settings(BaseSettings):
+    """Everything postroom can be configured with; each default lives on its field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POSTROOM_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///./postroom.db"
+    # None: the embedded Redis that `postroom dev` supervises, on a socket in data_dir.
+    broker_url: str | None = None
+    data_dir: Path = Path(".postroom")
+    transport_url: str = "smtp://127.0.0.1:1025"
+    default_from: str = "Postroom <postroom@example.com>"
+
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    dispatch_interval_seconds: float = Field(default=2.0, gt=0)
+    # A due message whose task was published this long ago without being claimed is
+    # published again: the broker may have lost the task (restart without persistence, purge).
+    redispatch_after_seconds: float = Field(default=60.0, gt=0)
+    dispatch_limit: int = Field(default=10_000, ge=1)
+    recover_interval_seconds: float = Field(default=30.0, gt=0)
+    broker_timeout_seconds: float = Field(default=4.0, gt=0)
+
+    max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=1000, ge=1)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    dev_inbox_port: int = Field(default=1025, ge=0, le=65535)
+    # Serve /v1/dev/inbox; `postroom dev` turns it on.
+    dev_inbox: bool = False
+
+    @property
+    def embedded_broker_socket(self) -> Path:
+        """Where the embedded Redis listens when no broker URL is configured."""
+        return self.data_dir.resolve() / "redis.sock"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker to publish to and consume from."""
+        if self.broker_url:
+            return self.broker_url
+        return f"redis+socket://{self.embedded_broker_socket}"
+
+    @property
+    def dev_inbox_dir(self) -> Path:
+        """The folder the dev inbox writes caught messages into, one ``.eml`` file each."""
+        return self.data_dir / "inbox"
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in _URL_FIELDS and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value

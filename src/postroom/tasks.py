@@ -1,0 +1,94 @@
+"""The Celery app: queues, safe broker settings, beat schedule, and thin tasks carrying ids."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from celery import Celery
+from kombu import Queue
+
+from postroom.drafts import Stream
+
+if TYPE_CHECKING:
+    from postroom.client import Postroom
+
+TRANSACTIONAL_QUEUE = "postroom.transactional"
+BULK_QUEUE = "postroom.bulk"
+MAINTENANCE_QUEUE = "postroom.maintenance"
+# Listed in the order a worker drains them: transactional first, so bulk never delays it.
+QUEUES = (TRANSACTIONAL_QUEUE, MAINTENANCE_QUEUE, BULK_QUEUE)
+
+DELIVER_TASK = "postroom.deliver"
+DISPATCH_DUE_TASK = "postroom.dispatch_due"
+RECOVER_EXPIRED_TASK = "postroom.recover_expired"
+
+
+def queue_for(stream: str) -> str:
+    """The queue a message of ``stream`` travels on."""
+    return BULK_QUEUE if stream == Stream.BULK else TRANSACTIONAL_QUEUE
+
+
+def create_celery(client: Postroom) -> Celery:
+    """A Celery app whose tasks deliver through ``client``."""
+    settings = client.settings
+    timeout = settings.broker_timeout_seconds
+    app = Celery("postroom", broker=settings.resolved_broker_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(name, routing_key=name) for name in QUEUES],
+        task_default_queue=TRANSACTIONAL_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        # A task is acknowledged only after it ran, and re-queued if its process is killed;
+        # the claim makes the re-run harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # The outbox is the record of what happened; result rows would only pile up.
+        task_ignore_result=True,
+        result_backend=None,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=timeout,
+        broker_transport_options={
+            "queue_order_strategy": "priority",
+            "visibility_timeout": 3600,
+            # Without these, publishing to a broker that accepts and never answers hangs.
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        },
+        # send() must not block a web request for long when the broker is down: the row is
+        # committed and the dispatch sweep publishes it later.
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+        beat_schedule={
+            DISPATCH_DUE_TASK: {
+                "task": DISPATCH_DUE_TASK,
+                "schedule": settings.dispatch_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.dispatch_interval_seconds * 5},
+            },
+            RECOVER_EXPIRED_TASK: {
+                "task": RECOVER_EXPIRED_TASK,
+                "schedule": settings.recover_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.recover_interval_seconds * 5},
+            },
+        },
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+    )
+
+    @app.task(name=DELIVER_TASK)
+    def deliver(ids: list[str]) -> None:
+        client.deliver(ids)
+
+    @app.task(name=DISPATCH_DUE_TASK)
+    def dispatch_due() -> None:
+        client.dispatch_due()
+
+    @app.task(name=RECOVER_EXPIRED_TASK)
+    def recover_expired() -> None:
+        client.recover_expired()
+
+    return app

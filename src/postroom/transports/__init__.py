@@ -1,0 +1,33 @@
+"""Transports, chosen by the scheme of the transport URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from postroom.errors import ConfigurationError
+from postroom.transports.base import Envelope, SendResult, Transport
+from postroom.transports.console import ConsoleTransport
+from postroom.transports.file import FileTransport
+from postroom.transports.memory import MemoryTransport
+from postroom.transports.smtp import SmtpConfig, SmtpTransport
+
+
+def create_transport(url: str) -> Transport:
+    """The transport a URL names: ``smtp://``, ``smtps://``, ``console://``, ``file:///dir``, ``memory://``."""
+    scheme = urlsplit(url).scheme
+    if scheme in {"smtp", "smtps"}:
+        return SmtpTransport(SmtpConfig.from_url(url))
+    if scheme == "console":
+        return ConsoleTransport()
+    if scheme == "file":
+        path = unquote(urlsplit(url).path)
+        if not path:
+            raise ConfigurationError("the file transport URL is file:///path/to/folder")
+        return FileTransport(Path(path))
+    if scheme == "memory":
+        return MemoryTransport(urlsplit(url).netloc or "default")
+    raise ConfigurationError(f"unknown transport scheme {scheme!r}: use smtp, console, file or memory")
+
+
+__all__ = ["Envelope", "SendResult", "Transport", "create_transport"]
