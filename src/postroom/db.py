@@ -31,6 +31,14 @@ def new_id() -> str:
     return "".join(reversed(chars))
 
 
+def id_created_at(identifier: str) -> datetime:
+    """The creation time encoded in the first 10 characters of an id from ``new_id``."""
+    milliseconds = 0
+    for char in identifier[:10]:
+        milliseconds = milliseconds * 32 + _CROCKFORD.index(char)
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)

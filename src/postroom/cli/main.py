@@ -1,0 +1,106 @@
+"""The ``postroom`` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from postroom.client import Postroom
+from postroom.errors import PostroomError
+from postroom.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+USAGE_ERROR = 2
+err_console = Console(stderr=True)
+
+
+@dataclass
+class CliState:
+    """What the root callback builds once and every command receives through the context."""
+
+    settings: Settings
+
+    def client(self) -> Postroom:
+        """A client on these settings."""
+        return Postroom(self.settings)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``message`` to stderr and return the exit to raise (code 2)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(USAGE_ERROR)
+
+
+def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn postroom's errors into a message on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except PostroomError as error:
+            raise fail(str(error)) from None
+
+    return run
+
+
+def state(ctx: typer.Context) -> CliState:
+    """The state built by the root callback."""
+    obj = ctx.find_root().obj
+    assert isinstance(obj, CliState)
+    return obj
+
+
+app = typer.Typer(
+    name="postroom",
+    help="Durable background email on Celery: outbox, workers, API and dev inbox.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(ctx: typer.Context) -> None:
+    """Settings come from POSTROOM_* environment variables and a .env file in this folder."""
+    try:
+        ctx.obj = CliState(settings=Settings())
+    except ValidationError as error:
+        problems = "; ".join(
+            f"POSTROOM_{'__'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
+        )
+        raise fail(f"invalid settings: {problems}") from None
+
+
+def _register_commands() -> None:
+    from postroom.cli import dev, inbox, keys, messages, services
+
+    for module in (services, messages, dev, inbox):
+        module.register(app)
+    app.add_typer(keys.app, name="keys")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    _register_commands()
+    app(prog_name="postroom")
+
+
+def main_app() -> typer.Typer:
+    """The app with every command registered (for tests with ``CliRunner``)."""
+    if not app.registered_commands:
+        _register_commands()
+    return app
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

@@ -1,0 +1,92 @@
+"""Long-running processes: ``worker``, ``beat``, ``api``, and ``migrate``."""
+
+from __future__ import annotations
+
+import typer
+
+from postroom.cli.main import exits_on_errors, state
+from postroom.db import create_db_engine
+from postroom.schema import upgrade
+from postroom.settings import Settings, redact_url
+from postroom.tasks import QUEUES
+
+
+def celery_worker_argv(
+    *, concurrency: int, queues: list[str], loglevel: str, beat: bool, settings: Settings
+) -> list[str]:
+    """The ``celery worker`` arguments postroom runs with."""
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(queues)}",
+        f"--loglevel={loglevel}",
+        "--hostname=postroom@%h",
+        # gossip and mingle cost broker round trips at start and run time, for features
+        # (revoke sync, clock sync between workers) postroom does not use
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if beat:
+        argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+    return argv
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+
+    @app.command()
+    @exits_on_errors
+    def migrate(ctx: typer.Context) -> None:
+        """Create or upgrade postroom's tables in the configured database."""
+        settings = state(ctx).settings
+        upgrade(create_db_engine(settings.database_url))
+        typer.echo(f"database is up to date: {redact_url(settings.database_url)}")
+
+    @app.command()
+    @exits_on_errors
+    def worker(
+        ctx: typer.Context,
+        concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Worker processes."),
+        queue: list[str] = typer.Option(
+            list(QUEUES), "--queue", "-Q", help="Queues to consume, in priority order."
+        ),
+        beat: bool = typer.Option(False, "--beat", "-B", help="Also run the beat scheduler."),
+        loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    ) -> None:
+        """Run a Celery worker that delivers messages (prefork pool)."""
+        settings = state(ctx).settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        client = state(ctx).client()
+        argv = celery_worker_argv(
+            concurrency=concurrency, queues=queue, loglevel=loglevel, beat=beat, settings=settings
+        )
+        client.celery.worker_main(argv)
+
+    @app.command()
+    @exits_on_errors
+    def beat(ctx: typer.Context, loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
+        """Run the beat scheduler: publishes due and retried messages, recovers stuck ones."""
+        settings = state(ctx).settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        schedule = settings.data_dir / "celerybeat-schedule"
+        state(ctx).client().celery.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+
+    @app.command()
+    @exits_on_errors
+    def api(
+        ctx: typer.Context,
+        host: str | None = typer.Option(None, help="Defaults to POSTROOM_API_HOST."),
+        port: int | None = typer.Option(None, help="Defaults to POSTROOM_API_PORT."),
+    ) -> None:
+        """Serve the REST API (and OpenAPI docs at /docs)."""
+        import uvicorn
+
+        from postroom.api.app import create_app
+
+        settings = state(ctx).settings
+        uvicorn.run(
+            create_app(settings),
+            host=host or settings.api_host,
+            port=port if port is not None else settings.api_port,
+            log_level="info",
+        )
