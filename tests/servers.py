@@ -1,4 +1,4 @@
-"""Real servers for tests, each on a free loopback port: Redis, an SMTP sink, PostgreSQL databases."""
+"""Real servers for tests on free loopback ports: Redis, an SMTP sink, PostgreSQL databases."""
 
 from __future__ import annotations
 
@@ -73,10 +73,19 @@ class RedisServer:
         assert self.binary is not None
         self.process = subprocess.Popen(
             [
-                self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
-                "--dir", str(self.directory), "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--logfile", str(self.directory / "redis.log"),
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -145,7 +154,7 @@ class SmtpSink:
         return f"smtp://127.0.0.1:{self.port}"
 
     def refuse(self, reply: str, *, stage: str = "DATA", times: int = 1) -> None:
-        """Answer the next ``times`` commands of ``stage`` with ``reply`` (e.g. ``451 4.3.0 busy``)."""
+        """Answer the next ``times`` ``stage`` commands with ``reply`` (``451 4.3.0 busy``)."""
         with self._lock:
             self._script.append(_Script(stage, reply, times))
 
@@ -157,7 +166,9 @@ class SmtpSink:
                     return entry.reply
         return None
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
         reply = self._scripted("RCPT")
         if reply is not None:
             return reply
@@ -170,7 +181,9 @@ class SmtpSink:
             return reply
         with self._lock:
             self.received.append(
-                ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
+                ReceivedMessage(
+                    envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content)
+                )
             )
         return "250 2.0.0 Ok: queued"
 

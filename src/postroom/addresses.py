@@ -51,7 +51,9 @@ def normalize_address(value: str, *, field: str) -> str:
     return format_address(name.strip(), checked.normalized)
 
 
-def normalize_addresses(values: str | list[str] | tuple[str, ...] | None, *, field: str) -> list[str]:
+def normalize_addresses(
+    values: str | list[str] | tuple[str, ...] | None, *, field: str
+) -> list[str]:
     """Validate a single address or a list of them; ``None`` gives an empty list."""
     if values is None:
         return []

@@ -53,7 +53,11 @@ def create_key(session: Session, name: str) -> NewApiKey:
         raise ValueError("an API key name is 1-100 characters")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
-        id=new_id(), name=name.strip(), digest=_digest(secret), hint=secret[:10], created_at=utcnow()
+        id=new_id(),
+        name=name.strip(),
+        digest=_digest(secret),
+        hint=secret[:10],
+        created_at=utcnow(),
     )
     session.add(key)
     session.flush()

@@ -72,7 +72,9 @@ def promote_scheduled(session: Session, *, now: datetime) -> int:
             .execution_options(synchronize_session=False)
         )
     )
-    append_events(session, (NewEvent(i, MessageStatus.QUEUED, "send_at reached") for i in promoted), at=now)
+    append_events(
+        session, (NewEvent(i, MessageStatus.QUEUED, "send_at reached") for i in promoted), at=now
+    )
     return len(promoted)
 
 
@@ -106,9 +108,7 @@ def mark_dispatchable(
     return [DueMessage(id=row.id, stream=row.stream) for row in rows]
 
 
-def recover_expired(
-    session: Session, *, now: datetime, max_attempts: int
-) -> int:
+def recover_expired(session: Session, *, now: datetime, max_attempts: int) -> int:
     """Retake ``sending`` messages whose lease ran out (their worker died); return how many.
 
     They become ``deferred`` and due now, or ``failed`` when no attempt is left. Only an
@@ -119,7 +119,9 @@ def recover_expired(
     failed = session.scalars(
         update(Message)
         .where(*expired, Message.attempts >= max_attempts)
-        .values(status=MessageStatus.FAILED.value, lease_until=None, updated_at=now, last_error=detail)
+        .values(
+            status=MessageStatus.FAILED.value, lease_until=None, updated_at=now, last_error=detail
+        )
         .returning(Message.id)
         .execution_options(synchronize_session=False)
     ).all()

@@ -153,7 +153,9 @@ class _PendingPublications:
 _PENDING_KEY = "postroom.pending_publications"
 
 
-def publish_after_commit(session: Session, stream: str, ids: Iterable[str], publish: Publish) -> None:
+def publish_after_commit(
+    session: Session, stream: str, ids: Iterable[str], publish: Publish
+) -> None:
     """Publish ``ids`` once ``session``'s transaction commits, and never if it rolls back."""
     pending: _PendingPublications | None = session.info.get(_PENDING_KEY)
     if pending is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom.claims import claim_due
@@ -74,7 +74,9 @@ class Deliverer:
             envelope = build_envelope(message)
         except Exception as error:  # stored content that cannot be rendered will never send
             logger.exception("message %s could not be built", message.id)
-            return Outcome(message.id, MessageStatus.FAILED, f"could not build: {type(error).__name__}")
+            return Outcome(
+                message.id, MessageStatus.FAILED, f"could not build: {type(error).__name__}"
+            )
         try:
             result = self.transport.send(envelope)
         except PermanentFailure as error:
@@ -83,7 +85,9 @@ class Deliverer:
             return self._retry_or_fail(message, error)
         except Exception as error:
             # An unexpected error may be a bug or a passing fault; retrying loses nothing.
-            logger.exception("transport %s raised while sending %s", self.transport.name, message.id)
+            logger.exception(
+                "transport %s raised while sending %s", self.transport.name, message.id
+            )
             failure = TemporaryFailure(type(error).__name__, transport=self.transport.name)
             return self._retry_or_fail(message, failure)
         return Outcome(message.id, MessageStatus.SENT, _describe_success(result), result.code)
@@ -104,6 +108,7 @@ def _describe_success(result: SendResult) -> str:
 
 
 _messages = Message.__table__
+assert isinstance(_messages, Table)
 # Core, not ORM: an executemany with per-row values and an extra WHERE on the status.
 _record = (
     update(_messages)
@@ -140,4 +145,6 @@ def record_outcomes(
         for o in outcomes
     ]
     session.connection().execute(_record, params)
-    append_events(session, (NewEvent(o.message_id, o.status, o.detail, o.code) for o in outcomes), at=now)
+    append_events(
+        session, (NewEvent(o.message_id, o.status, o.detail, o.code) for o in outcomes), at=now
+    )

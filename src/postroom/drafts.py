@@ -25,8 +25,19 @@ class Stream(StrEnum):
 RESERVED_HEADERS = frozenset(
     name.lower()
     for name in (
-        "From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID", "MIME-Version",
-        "Content-Type", "Content-Transfer-Encoding", "Sender", "Return-Path",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Sender",
+        "Return-Path",
     )
 )
 MAX_SUBJECT_CHARS = 998
@@ -186,7 +197,9 @@ def _check_stream(stream: str) -> Stream:
         return Stream(stream)
     except ValueError:
         choices = ", ".join(s.value for s in Stream)
-        raise MessageRejected(f"unknown stream {stream!r}; use one of {choices}", field="stream") from None
+        raise MessageRejected(
+            f"unknown stream {stream!r}; use one of {choices}", field="stream"
+        ) from None
 
 
 def _check_send_at(send_at: datetime | None) -> datetime | None:
@@ -196,8 +209,11 @@ def _check_send_at(send_at: datetime | None) -> datetime | None:
 
 
 def _check_idempotency_key(key: str | None) -> str | None:
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS):
+    if key is not None and (
+        not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS
+    ):
         raise MessageRejected(
-            f"an idempotency key is 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters", field="idempotency_key"
+            f"an idempotency key is 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            field="idempotency_key",
         )
     return key

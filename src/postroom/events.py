@@ -41,7 +41,9 @@ class NewEvent:
     code: int | None = None
 
 
-def append_events(session: Session, events: Iterable[NewEvent], *, at: datetime | None = None) -> None:
+def append_events(
+    session: Session, events: Iterable[NewEvent], *, at: datetime | None = None
+) -> None:
     """Insert events in one statement; every status transition calls this in its transaction."""
     moment = at or utcnow()
     rows = [

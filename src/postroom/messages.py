@@ -201,3 +201,8 @@ def count_by_status(session: Session, ids: Sequence[str]) -> dict[str, int]:
     for status in session.scalars(select(Message.status).where(Message.id.in_(ids))):
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def find_by_idempotency_key(session: Session, key: str) -> Message | None:
+    """The message stored under idempotency ``key``, or ``None``."""
+    return session.scalars(select(Message).where(Message.idempotency_key == key)).first()

@@ -68,12 +68,18 @@ def create_celery(client: Postroom) -> Celery:
             DISPATCH_DUE_TASK: {
                 "task": DISPATCH_DUE_TASK,
                 "schedule": settings.dispatch_interval_seconds,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.dispatch_interval_seconds * 5},
+                "options": {
+                    "queue": MAINTENANCE_QUEUE,
+                    "expires": settings.dispatch_interval_seconds * 5,
+                },
             },
             RECOVER_EXPIRED_TASK: {
                 "task": RECOVER_EXPIRED_TASK,
                 "schedule": settings.recover_interval_seconds,
-                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.recover_interval_seconds * 5},
+                "options": {
+                    "queue": MAINTENANCE_QUEUE,
+                    "expires": settings.recover_interval_seconds * 5,
+                },
             },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -103,4 +102,9 @@ def main_app() -> typer.Typer:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    # `python -m postroom.cli.main` executes this file as `__main__`, a second copy of the
+    # module: its `app` and `CliState` are not the ones the command modules import, so the
+    # commands are registered and run from the package's copy.
+    from postroom.cli.main import run as package_run
+
+    package_run()

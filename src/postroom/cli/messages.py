@@ -57,26 +57,32 @@ def register(app: typer.Typer) -> None:
         idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
     ) -> None:
         """Put one message in the outbox; prints its id and status."""
-        message = state(ctx).client().send(
-            to,
-            subject,
-            from_=from_,
-            text=text,
-            html=html,
-            cc=cc,
-            bcc=bcc,
-            reply_to=reply_to,
-            headers=_parse_headers(header),
-            tags=tag,
-            stream=stream,
-            send_at=_parse_when(send_at),
-            idempotency_key=idempotency_key,
+        message = (
+            state(ctx)
+            .client()
+            .send(
+                to,
+                subject,
+                from_=from_,
+                text=text,
+                html=html,
+                cc=cc,
+                bcc=bcc,
+                reply_to=reply_to,
+                headers=_parse_headers(header),
+                tags=tag,
+                stream=stream,
+                send_at=_parse_when(send_at),
+                idempotency_key=idempotency_key,
+            )
         )
         typer.echo(f"{message.id} {message.status}")
 
     @app.command()
     @exits_on_errors
-    def status(ctx: typer.Context, message_id: str = typer.Argument(..., help="Message id.")) -> None:
+    def status(
+        ctx: typer.Context, message_id: str = typer.Argument(..., help="Message id.")
+    ) -> None:
         """Show a message's status, attempts and every event."""
         client = state(ctx).client()
         message = client.get_message(message_id)
@@ -87,14 +93,19 @@ def register(app: typer.Typer) -> None:
         )
         table = Table("at", "status", "code", "detail")
         for event in client.get_events(message_id):
-            table.add_row(event.at.isoformat(timespec="milliseconds"), event.status,
-                          "" if event.code is None else str(event.code), event.detail or "")
+            table.add_row(
+                event.at.isoformat(timespec="milliseconds"),
+                event.status,
+                "" if event.code is None else str(event.code),
+                event.detail or "",
+            )
         console.print(table)
 
     @app.command()
     @exits_on_errors
-    def cancel(ctx: typer.Context, message_id: str = typer.Argument(..., help="Message id.")) -> None:
+    def cancel(
+        ctx: typer.Context, message_id: str = typer.Argument(..., help="Message id.")
+    ) -> None:
         """Cancel a message that has not started sending."""
         message = state(ctx).client().cancel(message_id)
         typer.echo(f"{message.id} {message.status}")
-

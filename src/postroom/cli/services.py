@@ -69,7 +69,9 @@ def register(app: typer.Typer) -> None:
         settings = state(ctx).settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         schedule = settings.data_dir / "celerybeat-schedule"
-        state(ctx).client().celery.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+        state(ctx).client().celery.start(
+            ["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"]
+        )
 
     @app.command()
     @exits_on_errors

@@ -27,7 +27,9 @@ def create_transport(url: str) -> Transport:
         return FileTransport(Path(path))
     if scheme == "memory":
         return MemoryTransport(urlsplit(url).netloc or "default")
-    raise ConfigurationError(f"unknown transport scheme {scheme!r}: use smtp, console, file or memory")
+    raise ConfigurationError(
+        f"unknown transport scheme {scheme!r}: use smtp, console, file or memory"
+    )
 
 
 __all__ = ["Envelope", "SendResult", "Transport", "create_transport"]

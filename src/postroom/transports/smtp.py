@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import smtplib
 import socket
@@ -49,12 +50,16 @@ class SmtpConfig:
         try:
             security = SmtpSecurity(query.pop("security", "") or _default_security(parts))
             timeout = float(query.pop("timeout", 10.0))
-            port = parts.port or {SmtpSecurity.SSL: 465, SmtpSecurity.STARTTLS: 587}.get(security, 25)
+            port = parts.port or {SmtpSecurity.SSL: 465, SmtpSecurity.STARTTLS: 587}.get(
+                security, 25
+            )
         except ValueError as error:
             raise ConfigurationError(f"bad SMTP transport URL option: {error}") from None
         local_hostname = query.pop("local_hostname", None)
         if query:
-            raise ConfigurationError(f"unknown SMTP transport URL options: {', '.join(sorted(query))}")
+            raise ConfigurationError(
+                f"unknown SMTP transport URL options: {', '.join(sorted(query))}"
+            )
         return cls(
             host=parts.hostname,
             port=port,
@@ -110,7 +115,9 @@ class SmtpTransport:
         except smtplib.SMTPServerDisconnected:
             self._drop()
             if not reused:
-                raise TemporaryFailure("server closed the connection", transport=self.name) from None
+                raise TemporaryFailure(
+                    "server closed the connection", transport=self.name
+                ) from None
         except (TimeoutError, OSError) as error:
             self._drop()
             raise TemporaryFailure(_describe(error), transport=self.name) from None
@@ -128,14 +135,15 @@ class SmtpTransport:
 
     def close(self) -> None:
         if self._connection is not None:
-            try:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
                 self._connection.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
         self._drop()
 
     def _ready_connection(self) -> smtplib.SMTP:
-        if self._connection is not None and time.monotonic() - self._last_used > self.config.idle_check_seconds:
+        if (
+            self._connection is not None
+            and time.monotonic() - self._last_used > self.config.idle_check_seconds
+        ):
             try:
                 code, _ = self._connection.noop()
             except (smtplib.SMTPException, OSError):
@@ -176,7 +184,10 @@ class SmtpTransport:
                 context=ssl.create_default_context(),
             )
         return smtplib.SMTP(
-            config.host, config.port, local_hostname=self._local_hostname, timeout=config.timeout_seconds
+            config.host,
+            config.port,
+            local_hostname=self._local_hostname,
+            timeout=config.timeout_seconds,
         )
 
     def _transmit(self, connection: smtplib.SMTP, envelope: Envelope) -> SendResult:
@@ -206,7 +217,10 @@ class SmtpTransport:
             # temporary if any refusal was temporary: some recipient may still get it later
             code, reply = min(refused.values(), key=lambda item: item[0])
             raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
-        return {rcpt: f"{code} {reply.decode('utf-8', 'replace')}" for rcpt, (code, reply) in refused.items()}
+        return {
+            rcpt: f"{code} {reply.decode('utf-8', 'replace')}"
+            for rcpt, (code, reply) in refused.items()
+        }
 
     def _send_data(
         self, connection: smtplib.SMTP, envelope: Envelope, refused: dict[str, str]
@@ -232,7 +246,9 @@ class SmtpTransport:
         if code != 250:
             self._drop_if_closing(code)
             raise classify_reply(code, reply, transport=self.name)
-        return SendResult(detail=f"{code} {reply.decode('utf-8', 'replace')}", code=code, refused=refused)
+        return SendResult(
+            detail=f"{code} {reply.decode('utf-8', 'replace')}", code=code, refused=refused
+        )
 
     def _reset(self, connection: smtplib.SMTP) -> None:
         if self._connection is None:
@@ -250,10 +266,8 @@ class SmtpTransport:
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            try:
+            with contextlib.suppress(OSError):
                 connection.close()
-            except OSError:
-                pass
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from postroom.addresses import format_address, normalize_address, normalize_addresses, split_address
+from postroom.errors import HeaderInjection, InvalidAddress
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("ann@example.com", "ann@example.com"),
+        ("  ann@EXAMPLE.com ", "ann@example.com"),
+        ("Ann Smith <ann@example.com>", "Ann Smith <ann@example.com>"),
+        ('"Smith, Ann" <ann@example.com>', '"Smith, Ann" <ann@example.com>'),
+        ("Zoë Ünïcode <zoe@example.com>", "Zoë Ünïcode <zoe@example.com>"),
+        ("bob@bücher.example", "bob@bücher.example"),
+    ],
+)
+def test_valid_addresses_come_out_normalised(given, expected):
+    assert normalize_address(given, field="to") == expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "",
+        "not-an-address",
+        "ann@",
+        "@example.com",
+        "ann@@example.com",
+        "a@b.com, c@d.com",
+        "ann@localhost",
+    ],
+)
+def test_invalid_addresses_are_rejected_naming_the_field(given):
+    with pytest.raises(InvalidAddress) as raised:
+        normalize_address(given, field="to[3]")
+    assert raised.value.field == "to[3]"
+
+
+@pytest.mark.parametrize(
+    "given", ["ann@example.com\r\nBcc: x@evil.example", "Ann\n <ann@example.com>"]
+)
+def test_line_breaks_in_addresses_are_header_injection(given):
+    with pytest.raises(HeaderInjection):
+        normalize_address(given, field="to[0]")
+
+
+def test_non_string_address_is_rejected():
+    with pytest.raises(InvalidAddress):
+        normalize_address(42, field="to[0]")  # type: ignore[arg-type]
+
+
+def test_a_single_string_and_a_list_both_normalise_with_indexed_fields():
+    assert normalize_addresses("a@example.com", field="cc") == ["a@example.com"]
+    assert normalize_addresses(None, field="cc") == []
+    with pytest.raises(InvalidAddress) as raised:
+        normalize_addresses(["a@example.com", "nope"], field="cc")
+    assert raised.value.field == "cc[1]"
+
+
+def test_formatted_addresses_split_back_into_name_and_address():
+    formatted = format_address('Ann "The" Smith, Jr.', "ann@example.com")
+    assert split_address(formatted) == ('Ann "The" Smith, Jr.', "ann@example.com")
+    assert split_address("ann@example.com") == ("", "ann@example.com")

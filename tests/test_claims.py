@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from postroom import claims
+from postroom.db import utcnow
+from postroom.messages import MessageStatus
+
+LEASE = timedelta(seconds=30)
+
+
+def test_a_second_claim_of_the_same_ids_claims_nothing(client):
+    ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(3)]
+    now = utcnow()
+    with client.sessions.begin() as session:
+        first = claims.claim_due(session, ids, lease=LEASE, now=now)
+    with client.sessions.begin() as session:
+        second = claims.claim_due(session, ids, lease=LEASE, now=now)
+    assert sorted(m.id for m in first) == sorted(ids)
+    assert second == []
+    message = client.get_message(ids[0])
+    assert message.status == MessageStatus.SENDING
+    assert message.attempts == 1
+    assert message.lease_until == now + LEASE
+
+
+def test_messages_not_yet_due_are_not_claimed(client):
+    message = client.send("a@example.com", "m", text="x")
+    with client.sessions.begin() as session:
+        claimed = claims.claim_due(
+            session, [message.id], lease=LEASE, now=utcnow() - timedelta(minutes=1)
+        )
+    assert claimed == []
+
+
+def test_scheduled_messages_are_promoted_then_dispatched_once(client, published):
+    message = client.send("a@example.com", "m", text="x", send_at=utcnow() + timedelta(seconds=5))
+    assert client.dispatch_due() == 0
+    later = utcnow() + timedelta(seconds=6)
+    client.clock = lambda: later
+    assert client.dispatch_due() == 1
+    assert published.ids == [message.id]
+    assert client.get_message(message.id).status == MessageStatus.QUEUED
+    # its task is live now: the next sweep leaves it alone until the redispatch interval passes
+    assert client.dispatch_due() == 0
+    client.clock = lambda: later + timedelta(seconds=client.settings.redispatch_after_seconds + 1)
+    assert client.dispatch_due() == 1
+    assert published.ids == [message.id, message.id]
+
+
+def test_queued_messages_whose_task_was_lost_are_redispatched(client, published):
+    message = client.send("a@example.com", "m", text="x")
+    published.clear()  # as if the broker lost the task
+    assert client.dispatch_due() == 0
+    client.clock = lambda: (
+        utcnow() + timedelta(seconds=client.settings.redispatch_after_seconds + 1)
+    )
+    assert client.dispatch_due() == 1
+    assert published == [("transactional", [message.id])]
+
+
+def test_dispatch_publishes_in_batches_per_stream(make_settings, database_url, published):
+    from postroom.client import Postroom
+
+    client = Postroom(
+        make_settings(database_url=database_url, batch_size=2),
+        publish=lambda stream, ids: published.append((stream, ids)),
+    )
+    for i in range(3):
+        client.send("a@example.com", f"t{i}", text="x")
+    client.send("a@example.com", "b", text="x", stream="bulk")
+    published.clear()
+    client.clock = lambda: utcnow() + timedelta(hours=1)
+    assert client.dispatch_due() == 4
+    assert sorted((stream, len(ids)) for stream, ids in published) == [
+        ("bulk", 1),
+        ("transactional", 1),
+        ("transactional", 2),
+    ]
+    client.close()
+
+
+def test_expired_leases_are_retaken_as_deferred_and_due(client):
+    message = client.send("a@example.com", "m", text="x")
+    now = utcnow()
+    with client.sessions.begin() as session:
+        claims.claim_due(session, [message.id], lease=LEASE, now=now)
+    assert client.recover_expired() == 0  # the lease still runs: a living worker is never raced
+    client.clock = lambda: now + LEASE + timedelta(seconds=1)
+    assert client.recover_expired() == 1
+    recovered = client.get_message(message.id)
+    assert recovered.status == MessageStatus.DEFERRED
+    assert recovered.dispatched_at is None
+    assert [e.status for e in client.get_events(message.id)] == ["queued", "sending", "deferred"]
+
+
+def test_expired_leases_with_no_attempt_left_fail(client):
+    message = client.send("a@example.com", "m", text="x")
+    now = utcnow()
+    for attempt in range(client.settings.retry.max_attempts):
+        moment = now + attempt * (LEASE + timedelta(seconds=1))
+        with client.sessions.begin() as session:
+            assert claims.claim_due(session, [message.id], lease=LEASE, now=moment)
+        with client.sessions.begin() as session:
+            claims.recover_expired(
+                session,
+                now=moment + LEASE + timedelta(milliseconds=500),
+                max_attempts=client.settings.retry.max_attempts,
+            )
+    final = client.get_message(message.id)
+    assert final.status == MessageStatus.FAILED
+    assert final.attempts == client.settings.retry.max_attempts
+    assert "lease expired" in (final.last_error or "")

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from postroom.db import create_db_engine, id_created_at, new_id, normalize_database_url
+from postroom.messages import Message
+
+
+def test_ids_are_unique_and_sort_by_creation_time():
+    first = new_id()
+    time.sleep(0.002)
+    later = [new_id() for _ in range(1000)]
+    assert len(set(later)) == 1000
+    assert all(first < other for other in later)
+    assert abs(id_created_at(first) - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_datetimes_round_trip_as_aware_utc_and_compare_correctly(client):
+    message = client.send("a@example.com", "Hi", text="x")
+    plus_two = timezone(timedelta(hours=2))
+    local = datetime.now(plus_two) + timedelta(minutes=5)
+    with client.sessions.begin() as session:
+        session.get(Message, message.id).next_attempt_at = local
+    with client.sessions() as session:
+        stored = session.get(Message, message.id).next_attempt_at
+        assert stored == local and stored.tzinfo == UTC
+        # the comparison happens in the database: offsets must not confuse it
+        due = session.scalars(select(Message.id).where(Message.next_attempt_at <= local)).all()
+        assert due == [message.id]
+
+
+def test_naive_datetimes_are_refused(client):
+    message = client.send("a@example.com", "Hi", text="x")
+    with pytest.raises(Exception, match="naive"), client.sessions.begin() as session:
+        session.get(Message, message.id).next_attempt_at = datetime(2030, 1, 1)
+        session.flush()
+
+
+def test_plain_postgresql_urls_use_psycopg_3():
+    assert normalize_database_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert normalize_database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    engine.dispose()
