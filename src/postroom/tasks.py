@@ -85,15 +85,16 @@ def create_celery(client: Postroom) -> Celery:
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
 
-    @app.task(name=DELIVER_TASK)
+    # shared=False: each app (one per client) must call its own client, not the first one made
+    @app.task(name=DELIVER_TASK, shared=False)
     def deliver(ids: list[str]) -> None:
         client.deliver(ids)
 
-    @app.task(name=DISPATCH_DUE_TASK)
+    @app.task(name=DISPATCH_DUE_TASK, shared=False)
     def dispatch_due() -> None:
         client.dispatch_due()
 
-    @app.task(name=RECOVER_EXPIRED_TASK)
+    @app.task(name=RECOVER_EXPIRED_TASK, shared=False)
     def recover_expired() -> None:
         client.recover_expired()
 
