@@ -1,0 +1,126 @@
+"""Every error the API answers with, translated in one place into one body shape.
+
+``{"error": {"type": "InvalidAddress", "message": "to[0]: ...", "field": "to[0]"}}``
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from postroom.api.schemas import ErrorDetail, ErrorResponse, FieldError
+from postroom.errors import InvalidTransition, MessageNotFound, MessageRejected
+
+logger = logging.getLogger(__name__)
+
+
+class NotAuthenticated(Exception):
+    """The request carries no API key, or one that is unknown or revoked."""
+
+    def __init__(self) -> None:
+        # Deliberately vague and never echoes the key: which keys exist is none of the caller's
+        # business.
+        super().__init__("a valid API key is required: Authorization: Bearer <key>")
+
+
+STATUS_BY_ERROR: dict[type[Exception], int] = {
+    MessageRejected: 422,
+    MessageNotFound: 404,
+    InvalidTransition: 409,
+    NotAuthenticated: 401,
+}
+
+# The statuses each kind of endpoint can answer besides success, for the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
+    for status in (401, 404, 409, 422)
+}
+
+
+def error_response(
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    field: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON answer in the API's one error shape."""
+    body = ErrorResponse(
+        error=ErrorDetail(type=error_type, message=message, field=field, errors=errors)
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def field_path(location: Sequence[int | str]) -> str:
+    """``("body", "to", 0)`` as ``to[0]``; the part of the request (body, query) is dropped."""
+    parts = list(location[1:]) if len(location) > 1 else list(location)
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _handle_postroom_error(request: Request, error: Exception) -> JSONResponse:
+    status = next(code for cls, code in STATUS_BY_ERROR.items() if isinstance(error, cls))
+    field = error.field if isinstance(error, MessageRejected) else None
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticated) else None
+    return error_response(status, type(error).__name__, str(error), field=field, headers=headers)
+
+
+def _handle_validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = [
+        # A JSON syntax error's location is a character offset, not a field.
+        FieldError(
+            field="body" if problem["type"] == "json_invalid" else field_path(problem["loc"]),
+            message=str(problem["msg"]),
+        )
+        for problem in error.errors()
+    ]
+    first = problems[0]
+    return error_response(
+        422,
+        "InvalidRequest",
+        f"{first.field}: {first.message}",
+        field=first.field,
+        errors=problems,
+    )
+
+
+def _handle_http_error(request: Request, error: Exception) -> JSONResponse:
+    # Starlette's own answers (unknown path, wrong method) get the same shape as ours.
+    assert isinstance(error, HTTPException)
+    phrase = HTTPStatus(error.status_code).phrase
+    return error_response(
+        error.status_code,
+        phrase.replace(" ", "").replace("-", ""),
+        str(error.detail),
+        headers=error.headers,
+    )
+
+
+def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
+    # The exception text can hold SQL, parameters or connection details: log it, never answer it.
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error_response(500, "InternalError", "an internal error occurred; see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error ``app`` can raise answer in the shape above."""
+    for error_class in STATUS_BY_ERROR:
+        app.add_exception_handler(error_class, _handle_postroom_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(HTTPException, _handle_http_error)
+    app.add_exception_handler(Exception, _handle_unexpected)

@@ -1,0 +1,190 @@
+"""``/v1/messages``: put messages in the outbox, read their status and events, cancel them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+
+from postroom import messages
+from postroom.api.auth import ClientDep, require_api_key
+from postroom.api.errors import ERROR_RESPONSES
+from postroom.api.schemas import (
+    EventOut,
+    MessageDetail,
+    MessageOut,
+    MessagePage,
+    SendRequest,
+)
+from postroom.client import Postroom
+from postroom.drafts import Stream
+from postroom.events import MessageEvent
+from postroom.messages import Message, MessageStatus
+
+router = APIRouter(
+    prefix="/v1/messages",
+    tags=["messages"],
+    dependencies=[Depends(require_api_key)],
+    responses={401: ERROR_RESPONSES[401]},
+)
+
+MessageId = Annotated[str, Path(description="The message id returned when it was accepted.")]
+
+
+def message_out(message: Message) -> MessageOut:
+    """The API view of a message row."""
+    return MessageOut(
+        id=message.id,
+        status=MessageStatus(message.status),
+        stream=Stream(message.stream),
+        from_=message.from_addr,
+        to=message.to,
+        cc=message.cc,
+        bcc=message.bcc,
+        reply_to=message.reply_to,
+        recipients=message.recipients,
+        subject=message.subject,
+        tags=message.tags,
+        metadata=message.metadata_,
+        idempotency_key=message.idempotency_key,
+        attempts=message.attempts,
+        created_at=message.created_at,
+        updated_at=message.updated_at,
+        next_attempt_at=message.next_attempt_at,
+        sent_at=message.sent_at,
+        last_error=message.last_error,
+    )
+
+
+def message_detail(message: Message, events: list[MessageEvent]) -> MessageDetail:
+    """The API view of a message row with its events."""
+    return MessageDetail(
+        **message_out(message).model_dump(),
+        events=[
+            EventOut(
+                at=event.at,
+                status=MessageStatus(event.status),
+                detail=event.detail,
+                code=event.code,
+            )
+            for event in events
+        ],
+    )
+
+
+def _is_stored(client: Postroom, key: str | None) -> bool:
+    if key is None:
+        return False
+    with client.sessions() as session:
+        return messages.find_by_idempotency_key(session, key) is not None
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=MessageOut,
+    summary="Accept a message for delivery",
+    responses={
+        200: {"model": MessageOut, "description": "Replay: the message stored under this key"},
+        422: ERROR_RESPONSES[422],
+    },
+)
+def send_message(
+    body: SendRequest,
+    response: Response,
+    client: ClientDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Retry-safe submission; overrides `idempotency_key` in the body.",
+        ),
+    ] = None,
+) -> MessageOut:
+    """Validate a message, store it in the outbox and queue it for delivery.
+
+    Answers **202** once the message is committed: it will not be lost. The body names the
+    first offending field on **422**, and nothing is stored then. A request repeating an
+    idempotency key answers **200** with the message first stored under it, and queues
+    nothing; the key can come from the `Idempotency-Key` header (which wins) or the body.
+    """
+    key = idempotency_key if idempotency_key is not None else body.idempotency_key
+    # Checked before sending so a replay can answer 200; the unique key in the table still
+    # guarantees one message if two requests race, the later one merely answering 202.
+    replay = _is_stored(client, key)
+    message = client.send(
+        body.to,
+        body.subject,
+        from_=body.from_,
+        text=body.text,
+        html=body.html,
+        cc=body.cc,
+        bcc=body.bcc,
+        reply_to=body.reply_to,
+        headers=body.headers,
+        tags=body.tags,
+        metadata=body.metadata,
+        idempotency_key=key,
+        send_at=body.send_at,
+        stream=body.stream,
+    )
+    if replay:
+        response.status_code = 200
+    return message_out(message)
+
+
+@router.get("", response_model=MessagePage, summary="List messages, newest first")
+def list_messages(
+    client: ClientDep,
+    status: Annotated[
+        MessageStatus | None, Query(description="Only messages in this status.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    before: Annotated[
+        str | None,
+        Query(max_length=26, description="The `next` cursor of the previous page."),
+    ] = None,
+) -> MessagePage:
+    """Page through messages newest first.
+
+    Follow `next` (pass it as `before`) until it is null to walk every message; pages stay
+    stable while new messages arrive, because the cursor is a message id and ids sort by
+    creation time.
+    """
+    # One extra row tells whether another page exists without a COUNT query.
+    rows = client.list_messages(status=status, before=before, limit=limit + 1)
+    page = rows[:limit]
+    cursor = page[-1].id if len(rows) > limit else None
+    return MessagePage(items=[message_out(row) for row in page], next=cursor)
+
+
+@router.get(
+    "/{message_id}",
+    response_model=MessageDetail,
+    summary="Get a message and its events",
+    responses={404: ERROR_RESPONSES[404]},
+)
+def get_message(message_id: MessageId, client: ClientDep) -> MessageDetail:
+    """The message's status, attempts, times, recipients, last error and every event.
+
+    Events are the status transitions, oldest first, each with the time, the new status, a
+    detail such as the SMTP reply, and the reply code when there was one. **404** if no
+    message has this id.
+    """
+    message = client.get_message(message_id)
+    return message_detail(message, client.get_events(message_id))
+
+
+@router.post(
+    "/{message_id}/cancel",
+    response_model=MessageOut,
+    summary="Cancel a message not yet being sent",
+    responses={404: ERROR_RESPONSES[404], 409: ERROR_RESPONSES[409]},
+)
+def cancel_message(message_id: MessageId, client: ClientDep) -> MessageOut:
+    """Cancel a scheduled, queued or deferred message; it will never be sent.
+
+    **409** if the message is already sending or has reached a final status (sent, failed,
+    cancelled, suppressed); **404** if no message has this id.
+    """
+    return message_out(client.cancel(message_id))

@@ -1,0 +1,48 @@
+"""The application as a whole: OpenAPI, docs and one error shape for every error."""
+
+from __future__ import annotations
+
+from tests.api.conftest import sqlite_only
+
+pytestmark = sqlite_only
+
+
+def test_openapi_lists_every_path_with_its_documentation(api):
+    api.headers.pop("Authorization")
+
+    document = api.get("/openapi.json").json()
+
+    assert set(document["paths"]) == {
+        "/healthz",
+        "/v1/messages",
+        "/v1/messages/{message_id}",
+        "/v1/messages/{message_id}/cancel",
+    }
+    send = document["paths"]["/v1/messages"]["post"]
+    assert "committed" in send["description"]
+    assert {"202", "200", "401", "422"} <= set(send["responses"])
+    assert send["parameters"][0]["name"] == "Idempotency-Key"
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    request_fields = document["components"]["schemas"]["SendRequest"]["properties"]
+    assert "from" in request_fields
+    assert "from_" not in request_fields
+    message_fields = document["components"]["schemas"]["MessageOut"]["properties"]
+    assert "from" in message_fields
+
+
+def test_docs_page_is_served(api):
+    response = api.get("/docs")
+
+    assert response.status_code == 200
+    assert "/openapi.json" in response.text
+
+
+def test_unknown_paths_and_methods_answer_in_the_error_shape(api):
+    missing = api.get("/v1/nothing-here")
+    wrong_method = api.delete("/v1/messages")
+
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"type": "NotFound", "message": "Not Found"}}
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "MethodNotAllowed"
+    assert "POST" in wrong_method.headers["Allow"]
