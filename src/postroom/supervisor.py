@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
+from typing import Any, TypeAlias
 
 from postroom.errors import PostroomError
 
 POLL_SECONDS = 0.05
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers
 
 
 class ChildFailed(PostroomError):
@@ -118,11 +121,13 @@ class Supervisor:
         self._signum: int | None = None
         self._stopping = False
         self._hurry = False
-        self._previous_handlers: dict[int, object] = {}
+        self._previous_handlers: dict[int, _Handler] = {}
 
     def __enter__(self) -> Supervisor:
         for signum in STOP_SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            previous = signal.signal(signum, self._on_signal)
+            # None: a handler installed outside Python, which cannot be put back; use the default.
+            self._previous_handlers[signum] = signal.SIG_DFL if previous is None else previous
         return self
 
     def __exit__(
@@ -135,7 +140,7 @@ class Supervisor:
             self.stop_all()
         finally:
             for signum, handler in self._previous_handlers.items():
-                signal.signal(signum, handler)  # type: ignore[arg-type]
+                signal.signal(signum, handler)
             self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -178,7 +183,7 @@ class Supervisor:
         return child
 
     def push_cleanup(self, name: str, stop: Callable[[], None]) -> None:
-        """Run ``stop`` when stopping, in reverse order with the children (for in-process servers)."""
+        """Call ``stop`` on shutdown, in reverse order with the children (in-process servers)."""
         self._stack.append(_Cleanup(name, stop))
 
     def wait(self) -> int:
@@ -212,9 +217,8 @@ class Supervisor:
             self.report(f"stopping {child.spec.name} (pid {child.pid})")
             child.signal(signal.SIGTERM)
             if not self._wait_exit(child, child.spec.stop_timeout):
-                self.report(
-                    f"{child.spec.name} did not stop within {child.spec.stop_timeout:g} s; killing it"
-                )
+                grace = child.spec.stop_timeout
+                self.report(f"{child.spec.name} did not stop within {grace:g} s; killing it")
         child.reap()
 
     def _wait_exit(self, child: Child, timeout: float) -> bool:
@@ -228,8 +232,3 @@ class Supervisor:
     def _raise_if_signalled(self) -> None:
         if self._signum is not None:
             raise Interrupted(self._signum)
-
-
-def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment with ``overrides`` applied, for a child."""
-    return {**os.environ, **overrides}
