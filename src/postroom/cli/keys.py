@@ -37,8 +37,6 @@ def create(
             created = api_keys.create_key(session, name)
     except ValueError as error:
         raise fail(str(error)) from None
-    finally:
-        client.close()
     typer.echo(f"created API key {created.key.id} ({created.key.name}); store it now:")
     typer.echo(created.secret)
 
@@ -48,11 +46,8 @@ def create(
 def list_(ctx: typer.Context) -> None:
     """Show every key, revoked ones included (never the keys themselves)."""
     client = state(ctx).client()
-    try:
-        with client.sessions() as session:
-            keys = api_keys.list_keys(session)
-    finally:
-        client.close()
+    with client.sessions() as session:
+        keys = api_keys.list_keys(session)
     table = Table(box=box.SIMPLE_HEAD)
     # Ids and hints are what people copy, so they never wrap; on a narrow terminal the name
     # wraps instead, and a date breaks between day and time rather than being cut short.
@@ -71,9 +66,6 @@ def list_(ctx: typer.Context) -> None:
 def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id.")) -> None:
     """Revoke a key: requests presenting it are refused from now on."""
     client = state(ctx).client()
-    try:
-        with client.sessions.begin() as session:
-            key = api_keys.revoke_key(session, key_id)
-    finally:
-        client.close()
+    with client.sessions.begin() as session:
+        key = api_keys.revoke_key(session, key_id)
     typer.echo(f"revoked API key {key.id} ({key.name}) at {_when(key.revoked_at)}")

@@ -19,7 +19,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 USAGE_ERROR = 2
-err_console = Console(stderr=True)
+# soft_wrap: an error message stays on one line, whole, for people and for scripts that grep it
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
@@ -27,10 +28,19 @@ class CliState:
     """What the root callback builds once and every command receives through the context."""
 
     settings: Settings
+    _client: Postroom | None = None
 
     def client(self) -> Postroom:
-        """A client on these settings."""
-        return Postroom(self.settings)
+        """The command's client on these settings, closed when the command ends."""
+        if self._client is None:
+            self._client = Postroom(self.settings)
+        return self._client
+
+    def close(self) -> None:
+        """Release the client's database and transport connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def fail(message: str) -> typer.Exit:
@@ -72,12 +82,14 @@ app = typer.Typer(
 def root(ctx: typer.Context) -> None:
     """Settings come from POSTROOM_* environment variables and a .env file in this folder."""
     try:
-        ctx.obj = CliState(settings=Settings())
+        cli_state = CliState(settings=Settings())
     except ValidationError as error:
         problems = "; ".join(
             f"POSTROOM_{'__'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
         )
         raise fail(f"invalid settings: {problems}") from None
+    ctx.obj = cli_state
+    ctx.call_on_close(cli_state.close)
 
 
 def _register_commands() -> None:
