@@ -15,20 +15,26 @@ from postroom.transports.smtp import SmtpConfig, SmtpTransport
 
 def create_transport(url: str) -> Transport:
     """The transport a URL names: ``smtp://``, ``smtps://``, ``console://``, ``file:///dir``, ``memory://``."""
-    scheme = urlsplit(url).scheme
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # not the error's own text, which could quote a password
+        raise ConfigurationError("the transport URL is malformed") from None
+    scheme = parts.scheme
     if scheme in {"smtp", "smtps"}:
         return SmtpTransport(SmtpConfig.from_url(url))
     if scheme == "console":
         return ConsoleTransport()
     if scheme == "file":
-        path = unquote(urlsplit(url).path)
-        if not path:
-            raise ConfigurationError("the file transport URL is file:///path/to/folder")
+        path = unquote(parts.path)
+        # in file://outbox/mail, "outbox" is a host name and the folder would be /mail
+        if not path or parts.netloc not in {"", "localhost"}:
+            raise ConfigurationError("the file transport URL is file:///absolute/path/to/folder")
         return FileTransport(Path(path))
     if scheme == "memory":
-        return MemoryTransport(urlsplit(url).netloc or "default")
+        return MemoryTransport(parts.netloc or "default")
     raise ConfigurationError(
-        f"unknown transport scheme {scheme!r}: use smtp, console, file or memory"
+        f"unknown transport scheme {scheme!r}: use smtp, smtps, console, file or memory"
     )
 
 

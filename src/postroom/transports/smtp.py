@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import smtplib
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from enum import StrEnum
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
@@ -28,7 +30,12 @@ class SmtpSecurity(StrEnum):
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    """Where and how to connect; built from ``smtp://user:pass@host:port?security=…``."""
+    """Where and how to connect; built from ``smtp://user:pass@host:port?security=…``.
+
+    URL options: ``security`` (``none``, ``starttls``, ``ssl``), ``timeout`` (seconds),
+    ``local_hostname`` (sent in EHLO) and ``ca_file`` (a PEM file of CAs to trust instead of
+    the system's, for a relay with a private CA; ``smtp://relay:587?ca_file=/etc/relay-ca.pem``).
+    """
 
     host: str
     port: int
@@ -39,23 +46,36 @@ class SmtpConfig:
     # A connection idle this long is checked with NOOP before use: servers drop idle clients.
     idle_check_seconds: float = 5.0
     local_hostname: str | None = None
+    # PEM file of the CAs to trust instead of the system's, e.g. a private relay's own CA
+    ca_file: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
         """Parse an ``smtp://`` (or ``smtps://``) URL; ``ConfigurationError`` if malformed."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            explicit_port = parts.port
+        except ValueError:
+            # not the error's own text: it quotes the URL, e.g. a password's unescaped '/' part
+            raise ConfigurationError(
+                "the SMTP transport URL has a malformed host or port (percent-encode any"
+                " '/', '?', '#' or '@' in the user name and password)"
+            ) from None
         if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
             raise ConfigurationError("the SMTP transport URL is smtp://[user:pass@]host[:port]")
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         try:
             security = SmtpSecurity(query.pop("security", "") or _default_security(parts))
             timeout = float(query.pop("timeout", 10.0))
-            port = parts.port or {SmtpSecurity.SSL: 465, SmtpSecurity.STARTTLS: 587}.get(
+            if not 0 < timeout < math.inf:
+                raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+            port = explicit_port or {SmtpSecurity.SSL: 465, SmtpSecurity.STARTTLS: 587}.get(
                 security, 25
             )
         except ValueError as error:
             raise ConfigurationError(f"bad SMTP transport URL option: {error}") from None
         local_hostname = query.pop("local_hostname", None)
+        ca_file = query.pop("ca_file", None)
         if query:
             raise ConfigurationError(
                 f"unknown SMTP transport URL options: {', '.join(sorted(query))}"
@@ -68,6 +88,7 @@ class SmtpConfig:
             password=unquote(parts.password) if parts.password else None,
             timeout_seconds=timeout,
             local_hostname=local_hostname,
+            ca_file=ca_file,
         )
 
 
@@ -78,6 +99,16 @@ def _default_security(parts: SplitResult) -> str:
         # credentials never travel in the clear unless security=none is asked for explicitly
         return SmtpSecurity.STARTTLS
     return SmtpSecurity.NONE
+
+
+def _tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+    # built once: loading the system's CAs for every new connection costs milliseconds
+    if config.security is SmtpSecurity.NONE:
+        return None
+    try:
+        return ssl.create_default_context(cafile=config.ca_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigurationError(f"cannot load the SMTP ca_file: {error}") from None
 
 
 def classify_reply(code: int, reply: bytes | str, *, transport: str) -> DeliveryError:
@@ -106,6 +137,7 @@ class SmtpTransport:
         self._connection: smtplib.SMTP | None = None
         self._last_used = 0.0
         self._local_hostname = config.local_hostname or socket.gethostname()
+        self._tls_context = _tls_context(config)
 
     def send(self, envelope: Envelope) -> SendResult:
         reused = self._connection is not None
@@ -156,6 +188,7 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
+        connection: smtplib.SMTP | None = None
         try:
             connection = self._open_socket()
             connection.ehlo()
@@ -163,13 +196,16 @@ class SmtpTransport:
                 if not connection.has_extn("starttls"):
                     connection.close()
                     raise TemporaryFailure("server does not offer STARTTLS", transport=self.name)
-                connection.starttls(context=ssl.create_default_context())
+                connection.starttls(context=self._tls_context)
                 connection.ehlo()
             if config.username:
                 connection.login(config.username, config.password or "")
         except smtplib.SMTPResponseException as error:
+            # e.g. a refused login: the connection is open and must not be left to the GC
+            _close_quietly(connection)
             raise classify_reply(error.smtp_code, error.smtp_error, transport=self.name) from None
         except (smtplib.SMTPException, ssl.SSLError, TimeoutError, OSError) as error:
+            _close_quietly(connection)
             raise TemporaryFailure(_describe(error), transport=self.name) from None
         return connection
 
@@ -181,7 +217,7 @@ class SmtpTransport:
                 config.port,
                 local_hostname=self._local_hostname,
                 timeout=config.timeout_seconds,
-                context=ssl.create_default_context(),
+                context=self._tls_context,
             )
         return smtplib.SMTP(
             config.host,
@@ -229,7 +265,7 @@ class SmtpTransport:
         if code != 354:
             self._drop_if_closing(code)
             raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
-        payload = _DOT_AT_LINE_START.sub(b"..", envelope.email.as_bytes())
+        payload = _DOT_AT_LINE_START.sub(b"..", _wire_bytes(envelope.email))
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
         connection.send(payload + b".\r\n")
@@ -265,14 +301,30 @@ class SmtpTransport:
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(OSError):
-                connection.close()
+        _close_quietly(connection)
+
+
+def _close_quietly(connection: smtplib.SMTP | None) -> None:
+    if connection is not None:
+        with contextlib.suppress(OSError):
+            connection.close()
+
+
+def _wire_bytes(email: EmailMessage) -> bytes:
+    # SMTP requires CRLF line endings; a message built with another policy (the default
+    # policy's are LF) is serialised with CRLF rather than sent with bare LFs
+    policy = email.policy
+    if policy.linesep != "\r\n":
+        policy = policy.clone(linesep="\r\n")
+    return email.as_bytes(policy=policy)
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, TimeoutError | socket.timeout):
         return "timed out"
     if isinstance(error, smtplib.SMTPServerDisconnected):
+        # smtplib reports a read that timed out as a disconnect
+        if isinstance(error.__context__, TimeoutError):
+            return "timed out"
         return "server closed the connection"
     return f"{type(error).__name__}: {error}"
