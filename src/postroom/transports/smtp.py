@@ -203,7 +203,14 @@ class SmtpTransport:
         except smtplib.SMTPResponseException as error:
             # e.g. a refused login: the connection is open and must not be left to the GC
             _close_quietly(connection)
-            raise classify_reply(error.smtp_code, error.smtp_error, transport=self.name) from None
+            # A refusal before any message was offered (bad credentials, a 554 greeting) is the
+            # transport's problem, not the message's: retry until the configuration is fixed
+            # instead of failing every message permanently.
+            reply = error.smtp_error
+            text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+            raise TemporaryFailure(
+                f"{error.smtp_code} {text}".strip(), transport=self.name, code=error.smtp_code
+            ) from None
         except (smtplib.SMTPException, ssl.SSLError, TimeoutError, OSError) as error:
             _close_quietly(connection)
             raise TemporaryFailure(_describe(error), transport=self.name) from None
