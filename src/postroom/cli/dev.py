@@ -145,7 +145,7 @@ def _status(line: str) -> None:
     console.print(f"[dim]postroom dev:[/] {escape(line)}", highlight=False)
 
 
-def _start_everything(supervisor: Supervisor, settings: Settings) -> None:
+def _start_everything(supervisor: Supervisor, settings: Settings, *, worker_loglevel: str) -> None:
     env = child_env(settings)
     if settings.broker_url:
         _status(f"using the configured broker {redact_url(settings.broker_url)}")
@@ -162,7 +162,7 @@ def _start_everything(supervisor: Supervisor, settings: Settings) -> None:
         supervisor.start(
             ChildSpec(
                 name="worker",
-                argv=_postroom_argv("worker", "--beat"),
+                argv=_postroom_argv("worker", "--beat", f"--loglevel={worker_loglevel}"),
                 env=env,
                 ready=_worker_answers(client),
                 ready_timeout=60.0,
@@ -222,7 +222,7 @@ def _print_banner(settings: Settings, key: str) -> None:
     console.print("\nPress Ctrl-C to stop everything.\n")
 
 
-def run_dev(settings: Settings) -> int:
+def run_dev(settings: Settings, *, worker_loglevel: str = "WARNING") -> int:
     """Run everything until a stop signal (exit code 0) or until a child dies (exit code 1)."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_port_free("127.0.0.1", settings.dev_inbox_port, setting="POSTROOM_DEV_INBOX_PORT")
@@ -233,7 +233,7 @@ def run_dev(settings: Settings) -> int:
     try:
         with Supervisor(report=_status) as supervisor:
             try:
-                _start_everything(supervisor, settings)
+                _start_everything(supervisor, settings, worker_loglevel=worker_loglevel)
                 _print_banner(settings, key)
                 signum = supervisor.wait()
             except ChildFailed as error:
@@ -258,12 +258,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @exits_on_errors
-    def dev(ctx: typer.Context) -> None:
+    def dev(
+        ctx: typer.Context,
+        worker_loglevel: str = typer.Option(
+            # INFO logs the beat's dispatch sweep every few seconds, burying the printed curl.
+            "WARNING",
+            "--worker-loglevel",
+            help="The worker's log level; INFO logs every task.",
+        ),
+    ) -> None:
         """Run everything locally: Redis, a worker with beat, the API and a dev inbox.
 
         Migrates the database, prints an API key and a curl that sends a first email, and stops
         everything on Ctrl-C. All mail goes to the dev inbox unless POSTROOM_TRANSPORT_URL is set.
         """
-        code = run_dev(state(ctx).settings)
+        code = run_dev(state(ctx).settings, worker_loglevel=worker_loglevel)
         if code:
             raise typer.Exit(code)

@@ -21,20 +21,31 @@ def _header(parsed: EmailMessage, name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _addresses(parsed: EmailMessage, name: str) -> str | None:
+    """Bare addresses of an address header: display names would crowd a narrow table."""
+    header = parsed.get(name)
+    if header is None:
+        return None
+    addresses = getattr(header, "addresses", None)
+    if addresses:
+        return ", ".join(address.addr_spec for address in addresses)
+    return str(header)
+
+
 def _caught_table(messages: list[CaughtMessage]) -> Table:
     table = Table(title=f"dev inbox: {len(messages)} newest", title_justify="left")
     table.add_column("id", no_wrap=True, min_width=26)
     table.add_column("received", no_wrap=True)
-    table.add_column("from")
-    table.add_column("to")
-    table.add_column("subject")
+    table.add_column("from", overflow="fold")
+    table.add_column("to", overflow="fold")
+    table.add_column("subject", ratio=2)
     for caught in messages:
         parsed = caught.parsed
         table.add_row(
             caught.id,
-            caught.received_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-            escape(_header(parsed, "From") or caught.mail_from),
-            escape(_header(parsed, "To") or ", ".join(caught.rcpt_tos)),
+            caught.received_at.astimezone().strftime("%m-%d %H:%M:%S"),
+            escape(_addresses(parsed, "From") or caught.mail_from),
+            escape(_addresses(parsed, "To") or ", ".join(caught.rcpt_tos)),
             escape(_header(parsed, "Subject") or ""),
         )
     return table
