@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import os
 import shutil
@@ -135,6 +136,9 @@ class SmtpSink:
 
     port: int = field(default_factory=free_port)
     received: list[ReceivedMessage] = field(default_factory=list)
+    # Seconds each DATA waits before it is accepted, to keep deliveries in flight; may change
+    # while the sink runs.
+    delay_seconds: float = 0.0
     _script: list[_Script] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller: Controller | None = None
@@ -179,6 +183,8 @@ class SmtpSink:
         reply = self._scripted("DATA")
         if reply is not None:
             return reply
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
         with self._lock:
             self.received.append(
                 ReceivedMessage(

@@ -1,0 +1,47 @@
+"""Reading the outbox from the test process while workers deliver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+
+from sqlalchemy import select
+
+from postroom.client import Postroom
+from postroom.events import MessageEvent
+from postroom.messages import FINAL, Message
+
+Trail = list[tuple[str, int | None]]
+
+
+def wait_until_final(client: Postroom, ids: Collection[str], *, timeout: float = 60.0) -> None:
+    """Block until every message among ``ids`` has a final status (sent, failed, ...)."""
+    deadline = time.monotonic() + timeout
+    pending = len(ids)
+    while time.monotonic() < deadline:
+        pending = len(ids) - sum(status in FINAL for status in statuses(client, ids).values())
+        if not pending:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{pending} of {len(ids)} messages not final after {timeout}s")
+
+
+def statuses(client: Postroom, ids: Collection[str]) -> dict[str, str]:
+    """The current status of each message."""
+    with client.sessions() as session:
+        rows = session.execute(select(Message.id, Message.status).where(Message.id.in_(ids)))
+        return {row.id: row.status for row in rows}
+
+
+def event_trails(client: Postroom, ids: Collection[str]) -> dict[str, Trail]:
+    """Each message's events as (status, code), oldest first."""
+    trails: dict[str, Trail] = {i: [] for i in ids}
+    with client.sessions() as session:
+        events = session.scalars(
+            select(MessageEvent)
+            .where(MessageEvent.message_id.in_(ids))
+            .order_by(MessageEvent.message_id, MessageEvent.id)
+        )
+        for event in events:
+            trails[event.message_id].append((event.status, event.code))
+    return trails
