@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from postroom.dkim import DkimKey
 from postroom.retry import RetryPolicy
 
 REDACTED = "***"
@@ -31,8 +32,14 @@ def redact_url(url: str) -> str:
 class Settings(BaseSettings):
     """Everything postroom can be configured with; each default lives on its field."""
 
+    # hide_input_in_errors: a validation error would otherwise quote the offending input, such
+    # as a whole DKIM key entry with its private key or a URL with its password.
     model_config = SettingsConfigDict(
-        env_prefix="POSTROOM_", env_file=".env", env_nested_delimiter="__", extra="ignore"
+        env_prefix="POSTROOM_",
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     database_url: str = "sqlite:///./postroom.db"
@@ -61,6 +68,8 @@ class Settings(BaseSettings):
     dev_inbox_port: int = Field(default=1025, ge=0, le=65535)
     # Serve /v1/dev/inbox; `postroom dev` turns it on.
     dev_inbox: bool = False
+    # Signing keys per sender domain, as JSON: [{"domain": …, "selector": …, "private_key_path": …}]
+    dkim: list[DkimKey] = Field(default_factory=list)
 
     @property
     def embedded_broker_socket(self) -> Path:
