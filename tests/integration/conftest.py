@@ -130,6 +130,8 @@ def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartWork
         name = f"worker-{len(started) + 1}"
         log_path = tmp_path / f"{name}.log"
         argv = [sys.executable, "-m", "postroom.cli.main", "worker", f"--concurrency={concurrency}"]
+        # INFO: readiness is Celery's "ready." line, whatever the command's default level is
+        argv.append("--loglevel=INFO")
         if beat:
             argv.append("--beat")
         with log_path.open("wb") as log:

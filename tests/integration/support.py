@@ -1,4 +1,4 @@
-"""Reading the outbox from the test process while workers deliver."""
+"""Reading the outbox and the broker from the test process while workers deliver."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sqlalchemy import select
 from postroom.client import Postroom
 from postroom.events import MessageEvent
 from postroom.messages import FINAL, Message
+from postroom.tasks import QUEUES
+from tests.servers import RedisServer
 
 Trail = list[tuple[str, int | None]]
 
@@ -45,3 +47,34 @@ def event_trails(client: Postroom, ids: Collection[str]) -> dict[str, Trail]:
         for event in events:
             trails[event.message_id].append((event.status, event.code))
     return trails
+
+
+def queued_tasks(redis_server: RedisServer) -> int:
+    """How many tasks wait in postroom's queues on the broker."""
+    redis = redis_server.client()
+    try:
+        return sum(redis.llen(queue) for queue in QUEUES)
+    finally:
+        redis.close()
+
+
+def wait_until_broker_idle(redis_server: RedisServer, *, timeout: float = 30.0) -> None:
+    """Block until no task waits in a queue and none is still running.
+
+    Tasks are acknowledged late, after they ran; kombu keeps the unacknowledged ones in the
+    ``unacked`` hash until then. A task is briefly in neither place between the worker's BRPOP
+    and its HSET, so idleness must be seen twice in a row.
+    """
+    redis = redis_server.client()
+    try:
+        deadline = time.monotonic() + timeout
+        idle_polls = 0
+        while time.monotonic() < deadline:
+            busy = sum(redis.llen(queue) for queue in QUEUES) or redis.hlen("unacked")
+            idle_polls = 0 if busy else idle_polls + 1
+            if idle_polls == 2:
+                return
+            time.sleep(0.1)
+    finally:
+        redis.close()
+    raise TimeoutError(f"tasks still queued or running after {timeout}s")
