@@ -119,3 +119,30 @@ def test_a_flushed_broker_loses_nothing(
     assert {tuple(status for status, _ in trail) for trail in trails.values()} == {
         ("queued", "sending", "sent")
     }
+
+
+@pytest.mark.timeout(90)
+def test_a_broker_flushed_under_a_running_worker_loses_nothing(
+    postgres_database_url: str,
+    make_integration_settings: MakeSettings,
+    make_producer: MakeProducer,
+    worker: StartWorker,
+    redis_server: RedisServer,
+    smtp_sink: SmtpSink,
+) -> None:
+    settings = make_integration_settings(postgres_database_url, redispatch_after_seconds=1.0)
+    worker(settings, beat=True)
+    producer = make_producer(settings)
+    before = send_many(producer, 5)
+    wait_until_final(producer, before.values(), timeout=30)
+    redis = redis_server.client()
+    try:
+        redis.flushall()
+    finally:
+        redis.close()
+
+    # the producer and the worker keep their connections, and what they declared is gone
+    after = send_many(producer, 50)
+
+    wait_until_final(producer, after.values(), timeout=60)
+    assert smtp_sink.message_ids() == Counter(dict.fromkeys([*before, *after], 1))
