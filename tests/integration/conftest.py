@@ -89,6 +89,8 @@ class WorkerProcess:
     def _running_members(self) -> list[int]:
         members = []
         for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
             try:
                 # fields after the parenthesised command: state, ppid, pgrp, ...
                 fields = (entry / "stat").read_text().rpartition(")")[2].split()
