@@ -5,6 +5,7 @@ PostroomError
 ├── MessageRejected (ValueError)    the caller's input; nothing was stored
 │   ├── InvalidAddress  ├── HeaderInjection  ├── MessageTooLarge  └── TemplateError
 ├── MessageNotFound (LookupError)
+├── TemplateNotFound (LookupError)  no version of that template in the requested locale chain
 ├── InvalidTransition               e.g. cancel() on a message that was already sent
 └── DeliveryError                   raised by transports, handled in delivery.py
     ├── TemporaryFailure            → deferred, retried with backoff
@@ -50,7 +51,21 @@ class MessageTooLarge(MessageRejected):
 
 
 class TemplateError(MessageRejected):
-    """A template failed to compile or render."""
+    """A template failed to compile or render; ``template``, ``version`` and ``line`` say where."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        template: str | None = None,
+        version: int | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(detail, field=field)
+        self.template = template
+        self.version = version
+        self.line = line
 
 
 class MessageNotFound(PostroomError, LookupError):
@@ -59,6 +74,18 @@ class MessageNotFound(PostroomError, LookupError):
     def __init__(self, message_id: str) -> None:
         super().__init__(f"no message with id {message_id!r}")
         self.message_id = message_id
+
+
+class TemplateNotFound(PostroomError, LookupError):
+    """No stored template matches the name, locale and version asked for."""
+
+    def __init__(self, name: str, *, locale: str | None = None, version: int | None = None) -> None:
+        where = f" for locale {locale!r}" if locale else ""
+        at = f" at version {version}" if version is not None else ""
+        super().__init__(f"no template {name!r}{where}{at}")
+        self.name = name
+        self.locale = locale
+        self.version = version
 
 
 class InvalidTransition(PostroomError):

@@ -14,7 +14,8 @@ def load_models() -> None:
     """Import every module that defines a table, so ``Base.metadata`` knows them all."""
     import postroom.api_keys
     import postroom.events
-    import postroom.messages  # noqa: F401
+    import postroom.messages
+    import postroom.templates  # noqa: F401
 
 
 def alembic_config(engine: Engine) -> Config:
