@@ -39,13 +39,17 @@ def postgres_template() -> Iterator[str]:
     """A migrated PostgreSQL database used as the template of each test's database."""
     admin = postgres_admin()
     name = unique_name("postroom_template")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    engine = create_db_engine(postgres_url(name))
-    upgrade(engine)
-    engine.dispose()
-    yield name
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    try:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        engine = create_db_engine(postgres_url(name))
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+        yield name
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def _sqlite_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from email.utils import getaddresses, parseaddr
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 
 from postroom.errors import HeaderInjection, InvalidAddress
@@ -65,3 +66,8 @@ def normalize_addresses(
 def split_address(formatted: str) -> tuple[str, str]:
     """``(display name, addr-spec)`` of an address produced by ``normalize_address``."""
     return parseaddr(formatted)
+
+
+def ascii_domain(domain: str) -> str:
+    """The domain in its ASCII form (IDNA 2008 with UTS 46 mapping, as email-validator checks)."""
+    return domain if domain.isascii() else idna.encode(domain, uts46=True).decode()

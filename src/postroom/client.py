@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom import claims, messages
+from postroom.attachments import Attachment, AttachmentStore
 from postroom.db import EngineCache, Publish, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
-from postroom.drafts import Limits, Stream, build_draft
+from postroom.dkim import DkimSigner
+from postroom.drafts import Draft, Limits, Stream, build_draft
 from postroom.events import MessageEvent, list_events
 from postroom.messages import Message, MessageStatus
+from postroom.mime import Sign
 from postroom.settings import Settings
 from postroom.tasks import DELIVER_TASK, create_celery, queue_for
 from postroom.transports import Transport, create_transport
@@ -52,10 +55,13 @@ class Postroom:
         self._fixed_transport = transport
         self._process_transport: tuple[int, Transport] | None = None
         self._celery: Celery | None = None
+        self._dkim_signer: DkimSigner | None = None
         self._limits = Limits(
             max_message_bytes=self.settings.max_message_bytes,
             max_recipients=self.settings.max_recipients,
+            max_attachment_bytes=self.settings.max_attachment_bytes,
         )
+        self.attachment_store = AttachmentStore(self.settings.attachment_dir)
 
     # producer side ------------------------------------------------------------------------
 
@@ -76,6 +82,7 @@ class Postroom:
         idempotency_key: str | None = None,
         send_at: datetime | None = None,
         stream: str = Stream.TRANSACTIONAL,
+        attachments: Sequence[Attachment | Mapping[str, Any] | os.PathLike[str]] | None = None,
         session: Session | None = None,
     ) -> Message:
         """Validate and store a message, then publish its delivery task after the commit.
@@ -100,6 +107,7 @@ class Postroom:
             stream=stream,
             send_at=send_at,
             idempotency_key=idempotency_key,
+            attachments=attachments,
             limits=self._limits,
         )
         if session is not None:
@@ -115,8 +123,10 @@ class Postroom:
             raise TypeError("asend() does not join a session; use send(..., session=...)")
         return await asyncio.to_thread(functools.partial(self.send, *args, **kwargs))
 
-    def _add(self, session: Session, draft: Any) -> Message:
-        message, created = messages.create(session, draft, now=self.clock())
+    def _add(self, session: Session, draft: Draft) -> Message:
+        message, created = messages.create(
+            session, draft, attachment_store=self.attachment_store, now=self.clock()
+        )
         if created and message.status == MessageStatus.QUEUED:
             publish_after_commit(session, message.stream, [message.id], self._publish)
         return message
@@ -154,6 +164,8 @@ class Postroom:
             policy=self.settings.retry,
             lease=timedelta(seconds=self.settings.lease_seconds),
             clock=self.clock,
+            attachments=self.attachment_store,
+            sign=self._dkim_sign(),
         )
         return deliverer.deliver(ids)
 
@@ -185,6 +197,15 @@ class Postroom:
             )
 
     # resources ------------------------------------------------------------------------------
+
+    def _dkim_sign(self) -> Sign | None:
+        if not self.settings.dkim:
+            return None
+        if self._dkim_signer is None:
+            # keys are loaded (and checked) once, on first delivery
+            self._dkim_signer = DkimSigner.from_keys(self.settings.dkim)
+        signer = self._dkim_signer
+        return lambda data, domain: signer.sign(data, sender_domain=domain)
 
     @property
     def sessions(self) -> sessionmaker[Session]:

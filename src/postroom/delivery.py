@@ -11,11 +11,12 @@ from typing import Any
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from postroom.attachments import AttachmentStore, CheckedAttachment
 from postroom.claims import claim_due
 from postroom.errors import DeliveryError, PermanentFailure, TemporaryFailure
 from postroom.events import NewEvent, append_events
 from postroom.messages import Message, MessageStatus
-from postroom.mime import build_envelope
+from postroom.mime import Sign, build_envelope
 from postroom.retry import RetryPolicy
 from postroom.transports.base import SendResult, Transport
 
@@ -52,13 +53,17 @@ class Deliverer:
     policy: RetryPolicy
     lease: timedelta
     clock: Callable[[], datetime]
+    attachments: AttachmentStore
+    sign: Sign | None = None
 
     def deliver(self, ids: Sequence[str]) -> DeliveryReport:
         """Claim whichever of ``ids`` are due, send them, and record each outcome."""
         with self.sessions.begin() as session:
             # claim before anything else: a redelivered task must find nothing left to do
             claimed = claim_due(session, ids, lease=self.lease, now=self.clock())
-        outcomes = [self._attempt(message) for message in claimed]
+            with_files = [m.id for m in claimed if m.attachment_count]
+            files = self.attachments.load(session, with_files) if with_files else {}
+        outcomes = [self._attempt(message, files.get(message.id, [])) for message in claimed]
         with self.sessions.begin() as session:
             record_outcomes(session, outcomes, transport=self.transport.name, now=self.clock())
         statuses = [outcome.status for outcome in outcomes]
@@ -69,9 +74,9 @@ class Deliverer:
             failed=statuses.count(MessageStatus.FAILED),
         )
 
-    def _attempt(self, message: Message) -> Outcome:
+    def _attempt(self, message: Message, attachments: list[CheckedAttachment]) -> Outcome:
         try:
-            envelope = build_envelope(message)
+            envelope = build_envelope(message, attachments, now=self.clock(), sign=self.sign)
         except Exception as error:  # stored content that cannot be rendered will never send
             logger.exception("message %s could not be built", message.id)
             return Outcome(

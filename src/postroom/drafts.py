@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from postroom.addresses import normalize_address, normalize_addresses, reject_line_breaks
+from postroom.attachments import Attachment, CheckedAttachment, check_attachments
 from postroom.errors import MessageRejected, MessageTooLarge
 
 
@@ -55,6 +57,7 @@ class Limits:
 
     max_message_bytes: int = 10 * 1024 * 1024
     max_recipients: int = 1000
+    max_attachment_bytes: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class Draft:
     stream: Stream = Stream.TRANSACTIONAL
     send_at: datetime | None = None
     idempotency_key: str | None = None
+    attachments: list[CheckedAttachment] = field(default_factory=list)
+    template_name: str | None = None
+    template_locale: str | None = None
+    template_version: int | None = None
 
 
 def build_draft(
@@ -93,6 +100,7 @@ def build_draft(
     stream: str = Stream.TRANSACTIONAL,
     send_at: datetime | None = None,
     idempotency_key: str | None = None,
+    attachments: Sequence[Attachment | Mapping[str, Any] | os.PathLike[str]] | None = None,
     limits: Limits = Limits(),
 ) -> Draft:
     """Validate every field and return a ``Draft``; raise a ``MessageRejected`` subclass if not."""
@@ -104,7 +112,8 @@ def build_draft(
         raise MessageRejected("at least one recipient is required", field="to")
     if sum(map(len, recipients.values())) > limits.max_recipients:
         raise MessageTooLarge(f"at most {limits.max_recipients} recipients", field="to")
-    _check_body(text, html, limits)
+    checked = check_attachments(attachments, max_attachment_bytes=limits.max_attachment_bytes)
+    _check_size(text, html, checked, limits)
     return Draft(
         from_addr=normalize_address(from_, field="from"),
         subject=_check_subject(subject),
@@ -117,7 +126,10 @@ def build_draft(
         stream=_check_stream(stream),
         send_at=_check_send_at(send_at),
         idempotency_key=_check_idempotency_key(idempotency_key),
-        **recipients,
+        attachments=checked,
+        to=recipients["to"],
+        cc=recipients["cc"],
+        bcc=recipients["bcc"],
     )
 
 
@@ -140,16 +152,21 @@ def _check_subject(subject: str | None) -> str:
     return subject
 
 
-def _check_body(text: str | None, html: str | None, limits: Limits) -> None:
+def _check_size(
+    text: str | None, html: str | None, attachments: list[CheckedAttachment], limits: Limits
+) -> None:
     if not text and not html:
         raise MessageRejected("give a text or an html body (or both)", field="text")
     for name, body in (("text", text), ("html", html)):
         if body is not None and not isinstance(body, str):
             raise MessageRejected("the body must be a string", field=name)
     size = len((text or "").encode()) + len((html or "").encode())
+    size += sum(len(a.content) for a in attachments)
     if size > limits.max_message_bytes:
+        field_name = "attachments" if attachments else "text"
         raise MessageTooLarge(
-            f"the body is {size} bytes; the limit is {limits.max_message_bytes}", field="text"
+            f"the message is {size} bytes; the limit is {limits.max_message_bytes}",
+            field=field_name,
         )
 
 

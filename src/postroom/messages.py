@@ -11,7 +11,8 @@ from sqlalchemy import JSON, Index, Integer, String, Text, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from postroom.addresses import split_address
+from postroom.addresses import ascii_domain, split_address
+from postroom.attachments import AttachmentStore
 from postroom.db import Base, UTCDateTime, new_id, utcnow
 from postroom.drafts import Draft
 from postroom.errors import InvalidTransition, MessageNotFound
@@ -85,6 +86,11 @@ class Message(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     transport: Mapped[str | None] = mapped_column(String(64))
+    # lets delivery skip the attachments query for the (usual) message without any
+    attachment_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    template_name: Mapped[str | None] = mapped_column(String(100))
+    template_locale: Mapped[str | None] = mapped_column(String(35))
+    template_version: Mapped[int | None] = mapped_column(Integer)
 
     @property
     def recipients(self) -> list[str]:
@@ -100,7 +106,13 @@ def _insert_ignoring_duplicate_key(session: Session) -> Any:
     return insert(Message).on_conflict_do_nothing(index_elements=["idempotency_key"])
 
 
-def create(session: Session, draft: Draft, *, now: datetime | None = None) -> tuple[Message, bool]:
+def create(
+    session: Session,
+    draft: Draft,
+    *,
+    attachment_store: AttachmentStore,
+    now: datetime | None = None,
+) -> tuple[Message, bool]:
     """Store ``draft`` in ``session``'s transaction; return the message and whether it is new.
 
     With an idempotency key already used, the existing message is returned and nothing is added.
@@ -109,7 +121,7 @@ def create(session: Session, draft: Draft, *, now: datetime | None = None) -> tu
     message_id = new_id()
     scheduled = draft.send_at is not None and draft.send_at > now
     status = S.SCHEDULED if scheduled else S.QUEUED
-    domain = split_address(draft.from_addr)[1].rpartition("@")[2]
+    domain = ascii_domain(split_address(draft.from_addr)[1].rpartition("@")[2])
     row = {
         "id": message_id,
         "stream": draft.stream.value,
@@ -132,6 +144,10 @@ def create(session: Session, draft: Draft, *, now: datetime | None = None) -> tu
         "dispatched_at": None if scheduled else now,
         "created_at": now,
         "updated_at": now,
+        "attachment_count": len(draft.attachments),
+        "template_name": draft.template_name,
+        "template_locale": draft.template_locale,
+        "template_version": draft.template_version,
     }
     inserted = session.scalars(
         _insert_ignoring_duplicate_key(session).values(row).returning(Message),
@@ -142,6 +158,7 @@ def create(session: Session, draft: Draft, *, now: datetime | None = None) -> tu
             select(Message).where(Message.idempotency_key == draft.idempotency_key)
         ).one()
         return existing, False
+    attachment_store.save(session, message_id, draft.attachments)
     append_event(session, message_id, status, at=now)
     return inserted, True
 

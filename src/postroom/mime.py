@@ -1,52 +1,143 @@
-"""Turn a stored message into an ``email.message.EmailMessage`` and its SMTP envelope."""
+"""Turn a stored message into the exact bytes to send, and its SMTP envelope.
+
+Structure, outermost first: ``multipart/mixed`` (only with attachments) → ``multipart/
+alternative`` (text and HTML) → ``multipart/related`` (HTML and its inline images, only with
+inline images). Headers go through ``email.headerregistry`` under the SMTP policy, so non-ASCII
+display names and subjects come out RFC 2047 encoded. Domains are sent in their ASCII (IDNA)
+form; only a non-ASCII local part needs SMTPUTF8, and only then are headers raw UTF-8.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
+from email.message import EmailMessage, MIMEPart
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 
-from postroom.addresses import split_address
-from postroom.db import utcnow
+from postroom.addresses import ascii_domain, format_address, split_address
+from postroom.attachments import CheckedAttachment
 from postroom.messages import Message
 from postroom.transports.base import Envelope
 
-
-def _address(formatted: str) -> Address:
-    name, addr = split_address(formatted)
-    return Address(display_name=name, addr_spec=addr)
+Sign = Callable[[bytes, str], bytes]  # (message bytes, sender domain) -> signed bytes
 
 
-def build_email(message: Message) -> EmailMessage:
-    """Headers and body of ``message``; non-ASCII names and subjects come out RFC 2047 encoded."""
-    email = EmailMessage(policy=SMTP)
-    email["From"] = _address(message.from_addr)
-    if message.to:
-        email["To"] = [_address(a) for a in message.to]
-    if message.cc:
-        email["Cc"] = [_address(a) for a in message.cc]
-    if message.reply_to:
-        email["Reply-To"] = [_address(a) for a in message.reply_to]
+@dataclass(frozen=True)
+class WireAddress:
+    """An address as it travels: display name, addr-spec, and whether it needs SMTPUTF8."""
+
+    name: str
+    addr: str
+    smtputf8: bool
+
+    @classmethod
+    def parse(cls, formatted: str) -> WireAddress:
+        """The wire form of an address stored by ``addresses.normalize_address``."""
+        name, addr = split_address(formatted)
+        local, _, domain = addr.rpartition("@")
+        if local.isascii():
+            return cls(name, f"{local}@{ascii_domain(domain)}", smtputf8=False)
+        return cls(name, addr, smtputf8=True)
+
+    @property
+    def domain(self) -> str:
+        """The domain part, as sent."""
+        return self.addr.rpartition("@")[2]
+
+    def header(self, *, utf8: bool) -> Address | str:
+        """For a ``From``/``To``/``Cc``/``Reply-To`` header of a message with or without SMTPUTF8.
+
+        ``Address`` refuses a non-ASCII local part, which RFC 6532 allows in a UTF-8 message;
+        there the header is given as text and written raw.
+        """
+        if utf8:
+            return format_address(self.name, self.addr)
+        return Address(display_name=self.name, addr_spec=self.addr)
+
+
+def build_email(
+    message: Message,
+    attachments: Sequence[CheckedAttachment] = (),
+    *,
+    now: datetime,
+    smtputf8: bool = False,
+) -> EmailMessage:
+    """Headers and body of ``message``, with its attachments and inline images."""
+    email = EmailMessage(policy=SMTPUTF8 if smtputf8 else SMTP)
+    email["From"] = WireAddress.parse(message.from_addr).header(utf8=smtputf8)
+    for header, addresses in (
+        ("To", message.to),
+        ("Cc", message.cc),
+        ("Reply-To", message.reply_to),
+    ):
+        if addresses:
+            values = [WireAddress.parse(a).header(utf8=smtputf8) for a in addresses]
+            email[header] = ", ".join(map(str, values)) if smtputf8 else values
     email["Subject"] = message.subject
-    email["Date"] = format_datetime(utcnow())
+    email["Date"] = format_datetime(now)
     email["Message-ID"] = message.message_id_header
     for name, value in message.headers.items():
         email[name] = value
-    if message.text is not None:
-        email.set_content(message.text)
-        if message.html is not None:
-            email.add_alternative(message.html, subtype="html")
-    elif message.html is not None:
-        email.set_content(message.html, subtype="html")
+    _set_body(email, message.text, message.html, [a for a in attachments if a.inline])
+    for attachment in attachments:
+        if not attachment.inline:
+            maintype, _, subtype = attachment.content_type.partition("/")
+            email.add_attachment(
+                attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename
+            )
     return email
 
 
-def build_envelope(message: Message) -> Envelope:
-    """The envelope for ``message``: bare sender and every recipient, bcc included."""
+def _set_body(
+    email: EmailMessage, text: str | None, html: str | None, inline: Sequence[CheckedAttachment]
+) -> None:
+    if text is not None:
+        email.set_content(text)
+    if html is None:
+        return
+    html_part: MIMEPart
+    if text is None:
+        email.set_content(html, subtype="html")
+        html_part = email
+    else:
+        email.add_alternative(html, subtype="html")
+        *_, html_part = email.iter_parts()
+    for image in inline:
+        maintype, _, subtype = image.content_type.partition("/")
+        # add_related turns the HTML part into multipart/related holding the HTML and images
+        html_part.add_related(
+            image.content,
+            maintype=maintype,
+            subtype=subtype,
+            cid=f"<{image.content_id}>",
+            filename=image.filename,
+            disposition="inline",
+        )
+
+
+def build_envelope(
+    message: Message,
+    attachments: Sequence[CheckedAttachment] = (),
+    *,
+    now: datetime,
+    sign: Sign | None = None,
+) -> Envelope:
+    """The envelope and signed bytes of ``message``: sender, every recipient (bcc too), data."""
+    sender = WireAddress.parse(message.from_addr)
+    recipients = [WireAddress.parse(a) for a in (*message.to, *message.cc, *message.bcc)]
+    smtputf8 = sender.smtputf8 or any(r.smtputf8 for r in recipients)
+    smtputf8 = smtputf8 or any(WireAddress.parse(a).smtputf8 for a in message.reply_to)
+    email = build_email(message, attachments, now=now, smtputf8=smtputf8)
+    data = email.as_bytes()
+    if sign is not None:
+        data = sign(data, sender.domain)
     return Envelope(
         message_id=message.id,
-        sender=split_address(message.from_addr)[1],
-        recipients=message.recipients,
-        email=build_email(message),
+        sender=sender.addr,
+        recipients=[r.addr for r in recipients],
+        data=data,
+        smtputf8=smtputf8,
     )

@@ -13,6 +13,7 @@ VERSION_TABLE = "postroom_alembic_version"
 def load_models() -> None:
     """Import every module that defines a table, so ``Base.metadata`` knows them all."""
     import postroom.api_keys
+    import postroom.attachments
     import postroom.events
     import postroom.messages
     import postroom.templates  # noqa: F401

@@ -60,8 +60,12 @@ class Settings(BaseSettings):
     recover_interval_seconds: float = Field(default=30.0, gt=0)
     broker_timeout_seconds: float = Field(default=4.0, gt=0)
 
-    max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_recipients: int = Field(default=1000, ge=1)
+    # None: attachment content is kept in the database; a folder keeps it as files instead
+    # (one per distinct content), which keeps a large database small.
+    attachment_dir: Path | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 TRANSACTIONAL_QUEUE = "postroom.transactional"
 BULK_QUEUE = "postroom.bulk"
 MAINTENANCE_QUEUE = "postroom.maintenance"
-# Listed in the order a worker drains them: transactional first, so bulk never delays it.
-QUEUES = (TRANSACTIONAL_QUEUE, MAINTENANCE_QUEUE, BULK_QUEUE)
+# Listed in the order a worker drains them. The sweeps come first: they take milliseconds, and
+# behind a transactional backlog retries and lost tasks would wait for the backlog to clear.
+# Transactional comes before bulk, so bulk never delays it.
+QUEUES = (MAINTENANCE_QUEUE, TRANSACTIONAL_QUEUE, BULK_QUEUE)
 
 DELIVER_TASK = "postroom.deliver"
 DISPATCH_DUE_TASK = "postroom.dispatch_due"

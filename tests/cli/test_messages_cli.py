@@ -35,8 +35,20 @@ def stored(settings) -> int:
 
 
 def test_send_prints_the_id_and_status_and_status_shows_the_events(cli_env, settings):
-    result = invoke(cli_env, "send", "--to", "a@example.com", "--subject", "Hi", "--text", "hello",
-                    "--header", "X-Campaign: spring", "--tag", "cli")
+    result = invoke(
+        cli_env,
+        "send",
+        "--to",
+        "a@example.com",
+        "--subject",
+        "Hi",
+        "--text",
+        "hello",
+        "--header",
+        "X-Campaign: spring",
+        "--tag",
+        "cli",
+    )
     assert result.exit_code == 0, result.output
     message_id, status = result.stdout.split()
     assert status == "queued"
@@ -56,7 +68,16 @@ def test_send_prints_the_id_and_status_and_status_shows_the_events(cli_env, sett
         ["--to", "not-an-address", "--subject", "Hi", "--text", "x"],
         ["--to", "a@example.com", "--subject", "Hi\r\nBcc: x@example.com", "--text", "x"],
         ["--to", "a@example.com", "--subject", "Hi", "--text", "x", "--header", "X-A: b\nc"],
-        ["--to", "a@example.com", "--subject", "Hi", "--text", "x", "--from", "Ann\n<a@example.com>"],
+        [
+            "--to",
+            "a@example.com",
+            "--subject",
+            "Hi",
+            "--text",
+            "x",
+            "--from",
+            "Ann\n<a@example.com>",
+        ],
         ["--to", "a@example.com", "--subject", "Hi"],
         ["--to", "a@example.com", "--subject", "Hi", "--text", "x", "--stream", "marketing"],
         ["--to", "a@example.com", "--subject", "Hi", "--text", "x", "--send-at", "tomorrow"],

@@ -79,9 +79,7 @@ def make_envelope(
             content, maintype="application", subtype="octet-stream", filename=filename
         )
     recipients = [a.addr_spec for a in (*TO, *CC)] + list(bcc)
-    return Envelope(
-        message_id=message_id, sender=SENDER.addr_spec, recipients=recipients, email=message
-    )
+    return Envelope.from_email(message_id, SENDER.addr_spec, recipients, message)
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -133,7 +131,7 @@ class TransportContract:
         raise NotImplementedError("a transport test class provides the delivered fixture")
 
     def expected_bytes(self, envelope: Envelope) -> bytes:
-        return envelope.email.as_bytes().replace(b"\r\n", self.linesep)
+        return envelope.data.replace(b"\r\n", self.linesep)
 
     def test_transport_implements_the_protocol(self, transport: Transport) -> None:
         assert isinstance(transport, Transport)

@@ -49,4 +49,4 @@ def test_prints_to_standard_output_by_default(capsys: pytest.CaptureFixture[str]
 
     [delivery] = printed(capsys.readouterr().out)
     assert delivery.recipients == tuple(envelope.recipients)
-    assert delivery.data == envelope.email.as_bytes().replace(b"\r\n", b"\n")
+    assert delivery.data == envelope.data.replace(b"\r\n", b"\n")

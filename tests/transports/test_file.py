@@ -61,4 +61,4 @@ def test_sending_a_message_again_replaces_its_file(tmp_path: Path) -> None:
     transport.send(envelope)
     transport.send(envelope)
 
-    assert [p.read_bytes() for p in tmp_path.iterdir()] == [envelope.email.as_bytes()]
+    assert [p.read_bytes() for p in tmp_path.iterdir()] == [envelope.data]

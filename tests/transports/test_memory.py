@@ -29,7 +29,7 @@ class TestMemoryTransport(TransportContract):
     @pytest.fixture
     def delivered(self, mailbox_name: str) -> Callable[[], list[Delivery]]:
         return lambda: [
-            Delivery(envelope.email.as_bytes(), tuple(envelope.recipients))
+            Delivery(envelope.data, tuple(envelope.recipients))
             for envelope in mailbox(mailbox_name)
         ]
 

@@ -20,7 +20,7 @@ class ConsoleTransport:
 
     def send(self, envelope: Envelope) -> SendResult:
         stream = self._stream or sys.stdout
-        text = envelope.email.as_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n")
+        text = envelope.data.decode("utf-8", errors="replace").replace("\r\n", "\n")
         with self._lock:
             stream.write(f"{'-' * 72}\nEnvelope-To: {', '.join(envelope.recipients)}\n{text}\n")
             stream.flush()

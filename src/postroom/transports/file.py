@@ -20,7 +20,7 @@ class FileTransport:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.directory / f"{envelope.message_id}.eml"
         partial = target.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(envelope.email.as_bytes())
+        partial.write_bytes(envelope.data)
         # rename is atomic, so a reader never sees half a message
         partial.replace(target)
         return SendResult(detail=f"written to {target.name}")

@@ -10,7 +10,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from enum import StrEnum
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
@@ -244,7 +243,16 @@ class SmtpTransport:
         return result
 
     def _open_transaction(self, connection: smtplib.SMTP, envelope: Envelope) -> dict[str, str]:
-        code, reply = connection.mail(envelope.sender)
+        options: list[str] = []
+        if envelope.smtputf8:
+            if not connection.has_extn("smtputf8"):
+                failure = PermanentFailure(
+                    "a non-ASCII address needs SMTPUTF8, which the server does not offer",
+                    transport=self.name,
+                )
+                raise _ResetNeeded(failure)
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
+        code, reply = connection.mail(envelope.sender, options)
         if code != 250:
             self._drop_if_closing(code)
             raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
@@ -272,7 +280,7 @@ class SmtpTransport:
         if code != 354:
             self._drop_if_closing(code)
             raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
-        payload = _DOT_AT_LINE_START.sub(b"..", _wire_bytes(envelope.email))
+        payload = _DOT_AT_LINE_START.sub(b"..", envelope.data)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
         connection.send(payload + b".\r\n")
@@ -315,15 +323,6 @@ def _close_quietly(connection: smtplib.SMTP | None) -> None:
     if connection is not None:
         with contextlib.suppress(OSError):
             connection.close()
-
-
-def _wire_bytes(email: EmailMessage) -> bytes:
-    # SMTP requires CRLF line endings; a message built with another policy (the default
-    # policy's are LF) is serialised with CRLF rather than sent with bare LFs
-    policy = email.policy
-    if policy.linesep != "\r\n":
-        policy = policy.clone(linesep="\r\n")
-    return email.as_bytes(policy=policy)
 
 
 def _describe(error: BaseException) -> str:
