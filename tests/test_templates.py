@@ -8,11 +8,11 @@ from sqlalchemy.orm import Session
 
 from postroom.db import create_db_engine, create_session_factory
 from postroom.errors import MessageRejected, TemplateError, TemplateNotFound
+from postroom.html_text import html_to_text
 from postroom.templates import (
     Template,
     TemplateRenderer,
     get_template,
-    html_to_text,
     list_templates,
     list_versions,
     locale_chain,

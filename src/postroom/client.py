@@ -8,21 +8,25 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from postroom import claims, messages
+from postroom import claims, messages, templates
 from postroom.attachments import Attachment, AttachmentStore
 from postroom.db import EngineCache, Publish, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
 from postroom.dkim import DkimSigner
-from postroom.drafts import Draft, Limits, Stream, build_draft
+from postroom.drafts import Content, Draft, Limits, Stream, build_draft
+from postroom.errors import MessageRejected, TemplateError, TemplateNotFound
 from postroom.events import MessageEvent, list_events
+from postroom.html_text import html_to_text
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign
 from postroom.settings import Settings
 from postroom.tasks import DELIVER_TASK, create_celery, queue_for
+from postroom.templates import Rendered, Template, TemplateRenderer
 from postroom.transports import Transport, create_transport
 
 if TYPE_CHECKING:
@@ -56,6 +60,7 @@ class Postroom:
         self._process_transport: tuple[int, Transport] | None = None
         self._celery: Celery | None = None
         self._dkim_signer: DkimSigner | None = None
+        self._renderer: TemplateRenderer | None = None
         self._limits = Limits(
             max_message_bytes=self.settings.max_message_bytes,
             max_recipients=self.settings.max_recipients,
@@ -83,6 +88,9 @@ class Postroom:
         send_at: datetime | None = None,
         stream: str = Stream.TRANSACTIONAL,
         attachments: Sequence[Attachment | Mapping[str, Any] | os.PathLike[str]] | None = None,
+        template: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        locale: str | None = None,
         session: Session | None = None,
     ) -> Message:
         """Validate and store a message, then publish its delivery task after the commit.
@@ -91,31 +99,75 @@ class Postroom:
         transaction: the task is published when the caller commits, and never on rollback).
         Raises a ``MessageRejected`` subclass, before storing anything, for invalid input.
         With an ``idempotency_key`` already used, returns the message stored under it.
+
+        Give the content either as ``subject`` with ``text`` and/or ``html`` (a text part is
+        derived from HTML when missing), or as ``template`` with ``context`` and ``locale``:
+        the newest version of the template (with locale fallback) is rendered now, so a
+        template error surfaces here as ``TemplateError``. ``attachments`` are ``Attachment``
+        objects, paths, or mappings of ``Attachment`` fields.
         """
-        draft = build_draft(
-            from_=from_ or self.settings.default_from,
-            to=to,
-            subject=subject,
-            text=text,
-            html=html,
-            cc=cc,
-            bcc=bcc,
-            reply_to=reply_to,
-            headers=headers,
-            tags=tags,
-            metadata=metadata,
-            stream=stream,
-            send_at=send_at,
-            idempotency_key=idempotency_key,
-            attachments=attachments,
-            limits=self._limits,
-        )
+        content = Content(subject=subject, text=text, html=html)
+        fields: dict[str, Any] = {
+            "from_": from_ or self.settings.default_from,
+            "to": to,
+            "cc": cc,
+            "bcc": bcc,
+            "reply_to": reply_to,
+            "headers": headers,
+            "tags": tags,
+            "metadata": metadata,
+            "stream": stream,
+            "send_at": send_at,
+            "idempotency_key": idempotency_key,
+            "attachments": attachments,
+            "limits": self._limits,
+        }
         if session is not None:
+            draft = self._draft(session, content, template, context, locale, fields)
             return self._add(session, draft)
         with self.sessions() as own:
+            draft = self._draft(own, content, template, context, locale, fields)
             message = self._add(own, draft)
             own.commit()
         return message
+
+    def _draft(
+        self,
+        session: Session,
+        content: Content,
+        template: str | None,
+        context: Mapping[str, Any] | None,
+        locale: str | None,
+        fields: dict[str, Any],
+    ) -> Draft:
+        if template is None:
+            text = content.text
+            if content.html and not text:
+                # every HTML email should carry a readable text alternative
+                text = html_to_text(content.html)
+            return build_draft(subject=content.subject, text=text, html=content.html, **fields)
+        if content != Content():
+            raise MessageRejected(
+                "give a template or subject/text/html, not both", field="template"
+            )
+        stored = self._template(session, template, locale)
+        # rendered at enqueue: errors reach the caller, and the stored content is what was sent
+        rendered = self.renderer.render(stored, context or {})
+        return build_draft(
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            template_name=stored.name,
+            template_locale=stored.locale,
+            template_version=stored.version,
+            **fields,
+        )
+
+    def _template(self, session: Session, name: str, locale: str | None) -> Template:
+        try:
+            return templates.get_template(session, name, locale=locale)
+        except TemplateNotFound as missing:
+            raise TemplateError(str(missing), field="template", template=name) from None
 
     async def asend(self, *args: Any, **kwargs: Any) -> Message:
         """``send`` for async code; the database work runs in a worker thread."""
@@ -153,6 +205,57 @@ class Postroom:
         """Cancel a message not yet being sent; ``InvalidTransition`` otherwise."""
         with self.sessions.begin() as session:
             return messages.cancel(session, message_id, now=self.clock())
+
+    # templates ------------------------------------------------------------------------------
+
+    def save_template(
+        self,
+        name: str,
+        *,
+        subject: str,
+        text: str | None = None,
+        html: str | None = None,
+        locale: str = "",
+    ) -> Template:
+        """Store a new version of a template (or return the latest if nothing changed)."""
+        with self.sessions.begin() as session:
+            return templates.save_template(
+                session, name, subject=subject, text=text, html=html, locale=locale
+            )
+
+    def get_template(
+        self, name: str, *, locale: str | None = None, version: int | None = None
+    ) -> Template:
+        """A template version (the newest by default), with locale fallback."""
+        with self.sessions() as session:
+            return templates.get_template(session, name, locale=locale, version=version)
+
+    def list_templates(self) -> list[Template]:
+        """The newest version of every template and locale."""
+        with self.sessions() as session:
+            return templates.list_templates(session)
+
+    def list_template_versions(self, name: str, *, locale: str = "") -> list[Template]:
+        """Every version of one template variant, oldest first."""
+        with self.sessions() as session:
+            return templates.list_versions(session, name, locale)
+
+    def sync_templates(self, directory: os.PathLike[str]) -> list[Template]:
+        """Load a folder of template files; return those that got a new version."""
+        with self.sessions.begin() as session:
+            return templates.sync_folder(session, Path(directory))
+
+    def render_template(
+        self,
+        name: str,
+        context: Mapping[str, Any],
+        *,
+        locale: str | None = None,
+        version: int | None = None,
+    ) -> tuple[Template, Rendered]:
+        """Render a template without sending anything (a preview)."""
+        template = self.get_template(name, locale=locale, version=version)
+        return template, self.renderer.render(template, context)
 
     # worker side ----------------------------------------------------------------------------
 
@@ -221,6 +324,16 @@ class Postroom:
         if self._process_transport is None or self._process_transport[0] != pid:
             self._process_transport = (pid, create_transport(self.settings.transport_url))
         return self._process_transport[1]
+
+    @property
+    def renderer(self) -> TemplateRenderer:
+        """The sandboxed renderer, with its cache of compiled templates."""
+        if self._renderer is None:
+            self._renderer = TemplateRenderer(
+                max_output_chars=self.settings.template_max_output_chars,
+                max_seconds=self.settings.template_max_seconds,
+            )
+        return self._renderer
 
     @property
     def celery(self) -> Celery:

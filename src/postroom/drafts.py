@@ -61,6 +61,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Content:
+    """What a message says when it is given directly rather than through a template."""
+
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+
+
+@dataclass(frozen=True)
 class Draft:
     """A validated message, ready to be stored."""
 
@@ -101,6 +110,9 @@ def build_draft(
     send_at: datetime | None = None,
     idempotency_key: str | None = None,
     attachments: Sequence[Attachment | Mapping[str, Any] | os.PathLike[str]] | None = None,
+    template_name: str | None = None,
+    template_locale: str | None = None,
+    template_version: int | None = None,
     limits: Limits = Limits(),
 ) -> Draft:
     """Validate every field and return a ``Draft``; raise a ``MessageRejected`` subclass if not."""
@@ -127,6 +139,9 @@ def build_draft(
         send_at=_check_send_at(send_at),
         idempotency_key=_check_idempotency_key(idempotency_key),
         attachments=checked,
+        template_name=template_name,
+        template_locale=template_locale,
+        template_version=template_version,
         to=recipients["to"],
         cc=recipients["cc"],
         bcc=recipients["bcc"],

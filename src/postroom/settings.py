@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # (one per distinct content), which keeps a large database small.
     attachment_dir: Path | None = None
 
+    # A template render past these limits fails with TemplateError instead of running on.
+    template_max_output_chars: int = Field(default=1_000_000, ge=1000)
+    template_max_seconds: float = Field(default=2.0, gt=0)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     dev_inbox_port: int = Field(default=1025, ge=0, le=65535)

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from postroom.db import Base, UTCDateTime, new_id, utcnow
 from postroom.errors import TemplateError, TemplateNotFound
+from postroom.html_text import html_to_text
 from postroom.sandbox import (
     FILENAME_PREFIX,
     LimitedEnvironment,
@@ -369,115 +369,6 @@ def _reason(exc: Exception) -> str:
     else:
         reason = f"{type(exc).__name__}: {exc}"
     return reason if len(reason) <= 300 else reason[:297] + "..."
-
-
-_SKIPPED = frozenset({"head", "script", "style", "template", "title"})
-_PARAGRAPHS = frozenset(
-    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "hr", "dl"}
-)
-_LINES = frozenset(
-    {
-        "address", "article", "aside", "dd", "div", "dt", "fieldset", "figcaption", "figure",
-        "footer", "form", "header", "li", "main", "nav", "section", "tr",
-    }
-)  # fmt: skip
-
-
-class _TextExtractor(HTMLParser):
-    """Collects readable text: blocks become line breaks, links keep their address."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self._breaks = 0  # line breaks owed before the next text
-        self._space = False  # a space is owed before the next text on the same line
-        self._skip = 0
-        self._pre = 0
-        self._lists = 0
-        self._links: list[tuple[str, int]] = []
-
-    def _break(self, count: int) -> None:
-        self._breaks = max(self._breaks, count)
-
-    def _emit(self, text: str) -> None:
-        if self._breaks and self.out:
-            self.out.append("\n" * self._breaks)
-            self._space = False
-        elif self._space and self.out and not self.out[-1].endswith(("\n", " ")):
-            self.out.append(" ")
-        self._breaks, self._space = 0, False
-        self.out.append(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED:
-            self._skip += 1
-        elif self._skip:
-            return
-        elif tag == "br":
-            self._emit("\n")
-        elif tag in ("ul", "ol"):
-            self._lists += 1
-            self._break(1 if self._lists > 1 else 2)
-        elif tag == "li":
-            self._break(1)
-            self._emit("  " * max(self._lists - 1, 0) + "- ")
-        elif tag in ("td", "th"):
-            self._space = True
-        elif tag == "a":
-            self._links.append((dict(attrs).get("href") or "", len(self.out)))
-        elif tag == "img" and (alt := dict(attrs).get("alt")):
-            self.handle_data(alt)
-        if tag in _PARAGRAPHS or (tag in _LINES and tag != "li"):
-            self._break(2 if tag in _PARAGRAPHS else 1)
-        if tag == "pre":
-            self._pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED:
-            self._skip = max(self._skip - 1, 0)
-        elif self._skip:
-            return
-        elif tag == "a" and self._links:
-            href, start = self._links.pop()
-            self._end_link(href, "".join(self.out[start:]).strip())
-        elif tag in ("ul", "ol"):
-            self._lists = max(self._lists - 1, 0)
-            self._break(2 if not self._lists else 1)
-        if tag in _PARAGRAPHS or tag in _LINES:
-            self._break(2 if tag in _PARAGRAPHS else 1)
-        if tag == "pre":
-            self._pre = max(self._pre - 1, 0)
-
-    def _end_link(self, href: str, text: str) -> None:
-        if not href or href.startswith(("#", "javascript:")):
-            return
-        shown = href.removeprefix("mailto:")
-        if not text:
-            self._emit(shown)
-        elif text not in (href, shown):
-            self.out.append(f" ({shown})")
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if self._pre:
-            self._emit(data)
-            return
-        words = data.split()
-        if data[:1].isspace():
-            self._space = True
-        if words:
-            self._emit(" ".join(words))
-        self._space = data[-1:].isspace()
-
-
-def html_to_text(html: str) -> str:
-    """A plain-text rendering of ``html`` for the text/plain part of an email."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    lines = [line.rstrip() for line in "".join(parser.out).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 def sync_folder(session: Session, directory: Path) -> list[Template]:
