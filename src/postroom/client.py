@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom import claims, messages, templates
-from postroom.attachments import Attachment, AttachmentStore
+from postroom.attachments import Attachment, AttachmentStore, StoredAttachment
 from postroom.db import EngineCache, Publish, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
 from postroom.dkim import DkimSigner
@@ -193,6 +194,16 @@ class Postroom:
         with self.sessions() as session:
             messages.get(session, message_id)
             return list_events(session, message_id)
+
+    def list_attachments(self, message_id: str) -> list[StoredAttachment]:
+        """The message's attachments in order, without their content."""
+        with self.sessions() as session:
+            query = (
+                select(StoredAttachment)
+                .where(StoredAttachment.message_id == message_id)
+                .order_by(StoredAttachment.position)
+            )
+            return list(session.scalars(query))
 
     def list_messages(
         self, *, status: MessageStatus | None = None, before: str | None = None, limit: int = 50

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from tests.api.conftest import sqlite_only
 
 pytestmark = sqlite_only
@@ -17,10 +20,14 @@ def test_openapi_lists_every_path_with_its_documentation(api):
         "/v1/messages",
         "/v1/messages/{message_id}",
         "/v1/messages/{message_id}/cancel",
+        "/v1/templates",
+        "/v1/templates/{name}",
+        "/v1/templates/{name}/versions",
+        "/v1/templates/{name}/render",
     }
     send = document["paths"]["/v1/messages"]["post"]
     assert "committed" in send["description"]
-    assert {"202", "200", "401", "422"} <= set(send["responses"])
+    assert {"202", "200", "401", "415", "422"} <= set(send["responses"])
     assert send["parameters"][0]["name"] == "Idempotency-Key"
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     request_fields = document["components"]["schemas"]["SendRequest"]["properties"]
@@ -28,6 +35,27 @@ def test_openapi_lists_every_path_with_its_documentation(api):
     assert "from_" not in request_fields
     message_fields = document["components"]["schemas"]["MessageOut"]["properties"]
     assert "from" in message_fields
+
+
+def test_openapi_describes_both_bodies_of_a_send(api):
+    document = api.get("/openapi.json").json()
+
+    content = document["paths"]["/v1/messages"]["post"]["requestBody"]["content"]
+    schemas = document["components"]["schemas"]
+
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/SendRequest"}
+    form = content["multipart/form-data"]
+    assert form["schema"]["properties"]["message"]["$ref"] == "#/components/schemas/SendRequest"
+    assert form["schema"]["properties"]["attachments"]["items"]["format"] == "binary"
+    assert form["encoding"]["message"]["contentType"] == "application/json"
+    assert {"template", "context", "locale", "attachments"} <= set(
+        schemas["SendRequest"]["properties"]
+    )
+    # every reference in the document resolves
+    text = json.dumps(document)
+    for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
+        assert name in schemas, name
+    assert "template" in schemas["ErrorDetail"]["properties"]
 
 
 def test_docs_page_is_served(api):

@@ -149,7 +149,9 @@ BAD_INPUT = {
     "no recipient": ({"to": []}, "to", "MessageRejected"),
     "unknown stream": ({"stream": "marketing"}, "stream", "InvalidRequest"),
     "unknown field": ({"subjet": "typo"}, "subjet", "InvalidRequest"),
-    "missing subject": ({"subject": None}, "subject", "InvalidRequest"),
+    # optional in the schema (a template gives it), required by the message
+    "missing subject": ({"subject": None}, "subject", "MessageRejected"),
+    "subject not a string": ({"subject": 5}, "subject", "InvalidRequest"),
     "recipient of the wrong type": ({"to": 5}, "to", "InvalidRequest"),
     "header value not a string": ({"headers": {"X-Count": 3}}, "headers.X-Count", "InvalidRequest"),
     "tags not a list": ({"tags": "orders"}, "tags", "InvalidRequest"),
@@ -179,7 +181,7 @@ def test_bad_input_answers_422_naming_the_field_and_stores_nothing(
 
 @sqlite_only
 def test_every_validation_problem_is_listed(api, client):
-    response = api.post("/v1/messages", json={"to": 5, "stream": "x", "extra": 1})
+    response = api.post("/v1/messages", json={"to": 5, "subject": 5, "stream": "x", "extra": 1})
 
     assert response.status_code == 422
     error = response.json()["error"]

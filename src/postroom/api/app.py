@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-from postroom.api import dev_inbox, health, messages
+from postroom.api import dev_inbox, health, messages, templates
 from postroom.api.errors import install_error_handlers
+from postroom.api.schemas import SendRequest
 from postroom.client import Postroom
 from postroom.settings import Settings
 
@@ -19,7 +23,8 @@ the answer is sent, and delivered by Celery workers with retries.
 
 Authenticate every `/v1` request with `Authorization: Bearer <api key>`; create keys with
 `postroom keys create --name NAME`. Errors share one shape:
-`{"error": {"type": ..., "message": ..., "field": ...}}`.
+`{"error": {"type": ..., "message": ..., "field": ...}}`; template errors add
+`"template": {"name": ..., "version": ..., "line": ...}`.
 """
 
 
@@ -46,6 +51,32 @@ def create_app(settings: Settings, *, client: Postroom | None = None) -> FastAPI
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(messages.router)
+    app.include_router(templates.router)
     if settings.dev_inbox:
         app.include_router(dev_inbox.router)
+    _document_schemas(app, [SendRequest])
     return app
+
+
+def _document_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Add ``models`` to the OpenAPI components.
+
+    A body the handler reads itself (JSON or multipart) is no parameter FastAPI can see; its
+    ``openapi_extra`` refers to the schema by name, and this puts the schema there.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in models],
+            ref_template="#/components/schemas/{model}",
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, schema in definitions.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

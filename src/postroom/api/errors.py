@@ -1,6 +1,9 @@
 """Every error the API answers with, translated in one place into one body shape.
 
 ``{"error": {"type": "InvalidAddress", "message": "to[0]: ...", "field": "to[0]"}}``
+
+Keys without a value are left out; a template error adds where it happened:
+``"template": {"name": "welcome", "version": 3, "line": 7}``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from postroom.api.schemas import ErrorDetail, ErrorResponse, FieldError
-from postroom.errors import InvalidTransition, MessageNotFound, MessageRejected
+from postroom.api.schemas import ErrorDetail, ErrorResponse, FieldError, TemplateLocation
+from postroom.errors import (
+    InvalidTransition,
+    MessageNotFound,
+    MessageRejected,
+    TemplateError,
+    TemplateNotFound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,7 @@ class NotAuthenticated(Exception):
 STATUS_BY_ERROR: dict[type[Exception], int] = {
     MessageRejected: 422,
     MessageNotFound: 404,
+    TemplateNotFound: 404,
     InvalidTransition: 409,
     NotAuthenticated: 401,
 }
@@ -40,7 +50,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
 # The statuses each kind of endpoint can answer besides success, for the OpenAPI document.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
-    for status in (401, 404, 409, 422)
+    for status in (401, 404, 409, 415, 422)
 }
 
 
@@ -51,11 +61,14 @@ def error_response(
     *,
     field: str | None = None,
     errors: list[FieldError] | None = None,
+    template: TemplateLocation | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """A JSON answer in the API's one error shape."""
     body = ErrorResponse(
-        error=ErrorDetail(type=error_type, message=message, field=field, errors=errors)
+        error=ErrorDetail(
+            type=error_type, message=message, field=field, errors=errors, template=template
+        )
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
@@ -72,11 +85,26 @@ def field_path(location: Sequence[int | str]) -> str:
     return path
 
 
+def public_name(error_class: type[Exception]) -> str:
+    """The name of the nearest public class: a module's private subclass is no API type."""
+    return next(cls.__name__ for cls in error_class.__mro__ if not cls.__name__.startswith("_"))
+
+
 def _handle_postroom_error(request: Request, error: Exception) -> JSONResponse:
     status = next(code for cls, code in STATUS_BY_ERROR.items() if isinstance(error, cls))
     field = error.field if isinstance(error, MessageRejected) else None
+    template = None
+    if isinstance(error, TemplateError) and error.template is not None:
+        template = TemplateLocation(name=error.template, version=error.version, line=error.line)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthenticated) else None
-    return error_response(status, type(error).__name__, str(error), field=field, headers=headers)
+    return error_response(
+        status,
+        public_name(type(error)),
+        str(error),
+        field=field,
+        template=template,
+        headers=headers,
+    )
 
 
 def _handle_validation_error(request: Request, error: Exception) -> JSONResponse:

@@ -9,13 +9,17 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from postroom import messages
 from postroom.api.auth import ClientDep, require_api_key
 from postroom.api.errors import ERROR_RESPONSES
+from postroom.api.message_body import OPENAPI_REQUEST_BODY, read_send_request
 from postroom.api.schemas import (
+    AttachmentOut,
     EventOut,
     MessageDetail,
     MessageOut,
     MessagePage,
     SendRequest,
+    TemplateRef,
 )
+from postroom.attachments import StoredAttachment
 from postroom.client import Postroom
 from postroom.drafts import Stream
 from postroom.events import MessageEvent
@@ -53,13 +57,36 @@ def message_out(message: Message) -> MessageOut:
         next_attempt_at=message.next_attempt_at,
         sent_at=message.sent_at,
         last_error=message.last_error,
+        template=_template_ref(message),
     )
 
 
-def message_detail(message: Message, events: list[MessageEvent]) -> MessageDetail:
-    """The API view of a message row with its events."""
+def _template_ref(message: Message) -> TemplateRef | None:
+    if message.template_name is None or message.template_version is None:
+        return None
+    return TemplateRef(
+        name=message.template_name,
+        locale=message.template_locale or "",
+        version=message.template_version,
+    )
+
+
+def message_detail(
+    message: Message, attachments: list[StoredAttachment], events: list[MessageEvent]
+) -> MessageDetail:
+    """The API view of a message row with its attachments and events."""
     return MessageDetail(
         **message_out(message).model_dump(),
+        attachments=[
+            AttachmentOut(
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+                size=attachment.size,
+                inline=attachment.inline,
+                content_id=attachment.content_id,
+            )
+            for attachment in attachments
+        ],
         events=[
             EventOut(
                 at=event.at,
@@ -86,11 +113,13 @@ def _is_stored(client: Postroom, key: str | None) -> bool:
     summary="Accept a message for delivery",
     responses={
         200: {"model": MessageOut, "description": "Replay: the message stored under this key"},
+        415: ERROR_RESPONSES[415],
         422: ERROR_RESPONSES[422],
     },
+    openapi_extra=OPENAPI_REQUEST_BODY,
 )
 def send_message(
-    body: SendRequest,
+    body: Annotated[SendRequest, Depends(read_send_request)],
     response: Response,
     client: ClientDep,
     idempotency_key: Annotated[
@@ -107,6 +136,12 @@ def send_message(
     first offending field on **422**, and nothing is stored then. A request repeating an
     idempotency key answers **200** with the message first stored under it, and queues
     nothing; the key can come from the `Idempotency-Key` header (which wins) or the body.
+
+    Give the content as `subject` with `text` and/or `html`, or as a stored `template` with
+    its `context` (and `locale`): it is rendered now, so a template error is a **422** naming
+    the template, version and line. Attachments come base64-encoded in the JSON, or as file
+    parts of a `multipart/form-data` body whose `message` field holds the JSON; file parts
+    follow the JSON's attachments in `attachments[i]` error fields.
     """
     key = idempotency_key if idempotency_key is not None else body.idempotency_key
     # Checked before sending so a replay can answer 200; the unique key in the table still
@@ -127,6 +162,10 @@ def send_message(
         idempotency_key=key,
         send_at=body.send_at,
         stream=body.stream,
+        template=body.template,
+        context=body.context,
+        locale=body.locale,
+        attachments=[attachment.model_dump() for attachment in body.attachments],
     )
     if replay:
         response.status_code = 200
@@ -168,11 +207,14 @@ def get_message(message_id: MessageId, client: ClientDep) -> MessageDetail:
     """The message's status, attempts, times, recipients, last error and every event.
 
     Events are the status transitions, oldest first, each with the time, the new status, a
-    detail such as the SMTP reply, and the reply code when there was one. **404** if no
-    message has this id.
+    detail such as the SMTP reply, and the reply code when there was one. `template` names
+    the template version the content was rendered from; `attachments` describes each file
+    (not its content). **404** if no message has this id.
     """
     message = client.get_message(message_id)
-    return message_detail(message, client.get_events(message_id))
+    # most messages carry none: skip the query
+    attachments = client.list_attachments(message_id) if message.attachment_count else []
+    return message_detail(message, attachments, client.get_events(message_id))
 
 
 @router.post(
