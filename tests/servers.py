@@ -139,12 +139,16 @@ class SmtpSink:
     # Seconds each DATA waits before it is accepted, to keep deliveries in flight; may change
     # while the sink runs.
     delay_seconds: float = 0.0
+    # Offer SMTPUTF8, so that mail to or from a non-ASCII local part can be accepted.
+    smtputf8: bool = False
     _script: list[_Script] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller: Controller | None = None
 
     def start(self) -> SmtpSink:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=self.smtputf8
+        )
         self._controller.start()
         return self
 
