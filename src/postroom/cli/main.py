@@ -93,11 +93,12 @@ def root(ctx: typer.Context) -> None:
 
 
 def _register_commands() -> None:
-    from postroom.cli import dev, inbox, keys, messages, services
+    from postroom.cli import dev, inbox, keys, messages, services, templates
 
     for module in (services, messages, dev, inbox):
         module.register(app)
     app.add_typer(keys.app, name="keys")
+    app.add_typer(templates.app, name="templates")
 
 
 def run() -> None:

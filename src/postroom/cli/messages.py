@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from postroom.attachments import Attachment
 from postroom.cli.main import exits_on_errors, fail, state
+from postroom.cli.templates import parse_context
 
 console = Console()
 
@@ -35,6 +38,15 @@ def _parse_when(value: str | None) -> datetime | None:
     return when
 
 
+def _read_attachments(attach: list[Path], inline: list[Path]) -> list[Attachment]:
+    files = [(path, False) for path in attach] + [(path, True) for path in inline]
+    try:
+        # an inline image's content id is its file name: the HTML says <img src="cid:logo.png">
+        return [Attachment.from_path(path, inline=is_inline) for path, is_inline in files]
+    except OSError as error:
+        raise fail(f"cannot read {error.filename}: {error.strerror}") from None
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
@@ -43,9 +55,27 @@ def register(app: typer.Typer) -> None:
     def send(
         ctx: typer.Context,
         to: list[str] = typer.Option(..., "--to", help="Recipient; repeat for several."),
-        subject: str = typer.Option(..., "--subject", "-s"),
+        subject: str | None = typer.Option(None, "--subject", "-s", help="Unless --template."),
         text: str | None = typer.Option(None, "--text", help="Plain-text body."),
         html: str | None = typer.Option(None, "--html", help="HTML body."),
+        template: str | None = typer.Option(
+            None, "--template", help="Render this stored template instead of --subject/--text."
+        ),
+        context: str | None = typer.Option(
+            None, "--context", help="The template's variables as a JSON object."
+        ),
+        context_file: Path | None = typer.Option(
+            None, "--context-file", dir_okay=False, help="A file holding the JSON object."
+        ),
+        locale: str | None = typer.Option(
+            None, "--locale", help="Template variant, e.g. fr-CA (falls back to fr)."
+        ),
+        attach: list[Path] = typer.Option(
+            [], "--attach", dir_okay=False, help="A file to attach; repeatable."
+        ),
+        inline: list[Path] = typer.Option(
+            [], "--inline", dir_okay=False, help="An image for the HTML (cid:FILENAME); repeatable."
+        ),
         from_: str | None = typer.Option(None, "--from", help="Defaults to POSTROOM_DEFAULT_FROM."),
         cc: list[str] = typer.Option([], "--cc"),
         bcc: list[str] = typer.Option([], "--bcc"),
@@ -57,6 +87,9 @@ def register(app: typer.Typer) -> None:
         idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
     ) -> None:
         """Put one message in the outbox; prints its id and status."""
+        if template is None and (context, context_file, locale) != (None, None, None):
+            raise fail("--context, --context-file and --locale go with --template")
+        variables = parse_context(context, context_file) if template is not None else None
         message = (
             state(ctx)
             .client()
@@ -74,6 +107,10 @@ def register(app: typer.Typer) -> None:
                 stream=stream,
                 send_at=_parse_when(send_at),
                 idempotency_key=idempotency_key,
+                template=template,
+                context=variables,
+                locale=locale,
+                attachments=_read_attachments(attach, inline),
             )
         )
         typer.echo(f"{message.id} {message.status}")
