@@ -185,6 +185,16 @@ class StoredAttachment(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+def list_attachments(session: Session, message_id: str) -> list[StoredAttachment]:
+    """A message's attachments in order, without their content."""
+    query = (
+        select(StoredAttachment)
+        .where(StoredAttachment.message_id == message_id)
+        .order_by(StoredAttachment.position)
+    )
+    return list(session.scalars(query))
+
+
 class AttachmentStore:
     """Where attachment content lives: the blob table, or a folder of files named by digest."""
 

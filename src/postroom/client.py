@@ -11,11 +11,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom import claims, messages, templates
-from postroom.attachments import Attachment, AttachmentStore, StoredAttachment
+from postroom.attachments import Attachment, AttachmentStore, StoredAttachment, list_attachments
 from postroom.db import EngineCache, Publish, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
 from postroom.dkim import DkimSigner
@@ -142,6 +141,9 @@ class Postroom:
         fields: dict[str, Any],
     ) -> Draft:
         if template is None:
+            for name, value in (("context", context), ("locale", locale)):
+                if value is not None:
+                    raise MessageRejected(f"{name} is only used with a template", field=name)
             text = content.text
             if content.html and not text:
                 # every HTML email should carry a readable text alternative
@@ -198,12 +200,7 @@ class Postroom:
     def list_attachments(self, message_id: str) -> list[StoredAttachment]:
         """The message's attachments in order, without their content."""
         with self.sessions() as session:
-            query = (
-                select(StoredAttachment)
-                .where(StoredAttachment.message_id == message_id)
-                .order_by(StoredAttachment.position)
-            )
-            return list(session.scalars(query))
+            return list_attachments(session, message_id)
 
     def list_messages(
         self, *, status: MessageStatus | None = None, before: str | None = None, limit: int = 50

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from postroom.drafts import Stream
 
@@ -36,8 +36,10 @@ def create_celery(client: Postroom) -> Celery:
     timeout = settings.broker_timeout_seconds
     app = Celery("postroom", broker=settings.resolved_broker_url, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(name, routing_key=name) for name in QUEUES],
+        task_queues=[Queue(name, Exchange("postroom"), routing_key=name) for name in QUEUES],
         task_default_queue=TRANSACTIONAL_QUEUE,
+        task_default_exchange="postroom",
+        task_default_routing_key=TRANSACTIONAL_QUEUE,
         task_serializer="json",
         accept_content=["json"],
         # A task is acknowledged only after it ran, and re-queued if its process is killed;

@@ -162,7 +162,7 @@ def _start_everything(supervisor: Supervisor, settings: Settings, *, worker_logl
         supervisor.start(
             ChildSpec(
                 name="worker",
-                argv=_postroom_argv("worker", "--beat", f"--loglevel={worker_loglevel}"),
+                argv=_postroom_argv("worker", "--beat", "--quiet", f"--loglevel={worker_loglevel}"),
                 env=env,
                 ready=_worker_answers(client),
                 ready_timeout=60.0,

@@ -12,10 +12,17 @@ from postroom.tasks import QUEUES
 
 
 def celery_worker_argv(
-    *, concurrency: int, queues: list[str], loglevel: str, beat: bool, settings: Settings
+    *,
+    concurrency: int,
+    queues: list[str],
+    loglevel: str,
+    beat: bool,
+    settings: Settings,
+    quiet: bool = False,
 ) -> list[str]:
     """The ``celery worker`` arguments postroom runs with."""
-    argv = [
+    argv = ["--quiet"] if quiet else []  # no start-up banner
+    argv += [
         "worker",
         f"--concurrency={concurrency}",
         f"--queues={','.join(queues)}",
@@ -52,13 +59,19 @@ def register(app: typer.Typer) -> None:
         ),
         beat: bool = typer.Option(False, "--beat", "-B", help="Also run the beat scheduler."),
         loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Skip Celery's start-up banner."),
     ) -> None:
         """Run a Celery worker that delivers messages (prefork pool)."""
         settings = state(ctx).settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         client = state(ctx).client()
         argv = celery_worker_argv(
-            concurrency=concurrency, queues=queue, loglevel=loglevel, beat=beat, settings=settings
+            concurrency=concurrency,
+            queues=queue,
+            loglevel=loglevel,
+            beat=beat,
+            settings=settings,
+            quiet=quiet,
         )
         client.celery.worker_main(argv)
 
