@@ -78,3 +78,12 @@ def wait_until_broker_idle(redis_server: RedisServer, *, timeout: float = 30.0) 
     finally:
         redis.close()
     raise TimeoutError(f"tasks still queued or running after {timeout}s")
+
+
+def send_many(client: Postroom, count: int) -> dict[str, str]:
+    """Send ``count`` messages; return each message's id by its Message-ID header."""
+    sent = {}
+    for n in range(count):
+        message = client.send(f"rcpt{n}@example.com", f"Message {n}", text=f"body {n}")
+        sent[message.message_id_header] = message.id
+    return sent

@@ -15,6 +15,7 @@ from tests.integration.conftest import StartWorker
 from tests.integration.support import (
     event_trails,
     queued_tasks,
+    send_many,
     statuses,
     wait_until_broker_idle,
     wait_until_final,
@@ -25,15 +26,6 @@ pytestmark = pytest.mark.integration
 
 MakeSettings = Callable[..., Settings]
 MakeProducer = Callable[[Settings], Postroom]
-
-
-def send_many(client: Postroom, count: int) -> dict[str, str]:
-    """Send ``count`` messages; return each message's id by its Message-ID header."""
-    sent = {}
-    for n in range(count):
-        message = client.send(f"rcpt{n}@example.com", f"Message {n}", text=f"body {n}")
-        sent[message.message_id_header] = message.id
-    return sent
 
 
 @pytest.mark.timeout(150)

@@ -11,22 +11,13 @@ from postroom.client import Postroom
 from postroom.settings import Settings
 from postroom.tasks import DELIVER_TASK, QUEUES, TRANSACTIONAL_QUEUE
 from tests.integration.conftest import StartWorker
-from tests.integration.support import event_trails, statuses, wait_until_final
+from tests.integration.support import event_trails, send_many, statuses, wait_until_final
 from tests.servers import RedisServer, SmtpSink
 
 pytestmark = pytest.mark.integration
 
 MakeSettings = Callable[..., Settings]
 MakeProducer = Callable[[Settings], Postroom]
-
-
-def send_many(client: Postroom, count: int) -> dict[str, str]:
-    """Send ``count`` messages; return each message's id by its Message-ID header."""
-    sent = {}
-    for n in range(count):
-        message = client.send(f"rcpt{n}@example.com", f"Message {n}", text=f"body {n}")
-        sent[message.message_id_header] = message.id
-    return sent
 
 
 @pytest.mark.timeout(120)
