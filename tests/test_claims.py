@@ -111,3 +111,49 @@ def test_expired_leases_with_no_attempt_left_fail(client):
     assert final.status == MessageStatus.FAILED
     assert final.attempts == client.settings.retry.max_attempts
     assert "lease expired" in (final.last_error or "")
+
+
+def test_a_claim_with_a_stream_tops_the_batch_up_with_other_due_messages(client):
+    transactional = [client.send("a@example.com", f"t{i}", text="x").id for i in range(5)]
+    bulk = [client.send("a@example.com", f"b{i}", text="x", stream="bulk").id for i in range(3)]
+    now = utcnow()
+    with client.sessions.begin() as session:
+        claimed = claims.claim_due(
+            session, [transactional[-1]], lease=LEASE, now=now, stream="transactional", limit=3
+        )
+    ids = [m.id for m in claimed]
+    # its own id first, then the oldest due of the same stream; never the other stream
+    assert set(ids) == {transactional[-1], transactional[0], transactional[1]}
+    assert not set(ids) & set(bulk)
+    with client.sessions.begin() as session:
+        rest = claims.claim_due(session, [], lease=LEASE, now=now, stream="bulk", limit=10)
+    assert sorted(m.id for m in rest) == sorted(bulk)
+
+
+def test_a_backlog_published_one_id_per_task_is_drained_by_the_first_tasks(client, outbox):
+    ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(250)]
+    reports = [client.deliver([i], stream="transactional") for i in ids]
+    assert [r.claimed for r in reports[:3]] == [100, 100, 50]
+    assert all(r.claimed == 0 for r in reports[3:])
+    assert len(outbox) == 250
+
+
+def test_concurrent_claims_on_postgresql_skip_each_others_rows(
+    make_settings, postgres_database_url
+):
+    from postroom.client import Postroom
+
+    client = Postroom(make_settings(database_url=postgres_database_url), publish=lambda s, i: None)
+    for i in range(10):
+        client.send("a@example.com", f"m{i}", text="x")
+    now = utcnow()
+    with client.sessions.begin() as first:
+        held = claims.claim_due(first, [], lease=LEASE, now=now, stream="transactional", limit=4)
+        # the first transaction still holds its rows: the second claims others, without waiting
+        with client.sessions.begin() as second:
+            other = claims.claim_due(
+                second, [], lease=LEASE, now=now, stream="transactional", limit=4
+            )
+    assert len(held) == len(other) == 4
+    assert not {m.id for m in held} & {m.id for m in other}
+    client.close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, case, false, or_, select, update
 from sqlalchemy.orm import Session
 
 from postroom.events import NewEvent, append_events
@@ -18,23 +19,46 @@ from postroom.messages import CLAIMABLE, Message, MessageStatus
 
 
 def claim_due(
-    session: Session, ids: Sequence[str], *, lease: timedelta, now: datetime
+    session: Session,
+    ids: Sequence[str],
+    *,
+    lease: timedelta,
+    now: datetime,
+    stream: str | None = None,
+    limit: int | None = None,
 ) -> list[Message]:
-    """Move the due, claimable messages among ``ids`` to ``sending`` and return them.
+    """Move due, claimable messages to ``sending`` and return them.
 
-    A message already claimed, sent or cancelled is not returned: that is what makes a
-    redelivered task harmless.
+    The messages among ``ids`` come first; with ``stream`` and ``limit``, other due messages
+    of that stream fill the batch up to ``limit``, so one task drains a backlog in batches
+    however the tasks were published. A message already claimed, sent or cancelled is never
+    returned: that is what makes a redelivered task harmless.
     """
-    if not ids:
+    limit = len(ids) if limit is None else limit
+    if limit <= 0 or (not ids and stream is None):
         return []
+    due = (Message.status.in_(CLAIMABLE), Message.next_attempt_at <= now)
+    wanted: ColumnElement[bool] = Message.id.in_(ids) if ids else false()
+    order: list[ColumnElement[Any]] = [Message.next_attempt_at.asc()]
+    if stream is not None:
+        wanted = or_(wanted, Message.stream == stream)
+        if ids:
+            order.insert(0, case((Message.id.in_(ids), 0), else_=1))
+    candidates = (
+        select(Message.id)
+        .where(*due, wanted)
+        .order_by(*order)
+        .limit(limit)
+        # PostgreSQL: concurrent workers skip each other's rows instead of queueing on them
+        .with_for_update(skip_locked=True)
+    )
+    # A CTE, evaluated once: as a plain IN (subquery) PostgreSQL may re-run the locking
+    # subquery per row, each run skipping the rows just claimed, and so ignore the LIMIT.
+    batch = candidates.cte("batch")
     claimed = list(
         session.scalars(
             update(Message)
-            .where(
-                Message.id.in_(ids),
-                Message.status.in_(CLAIMABLE),
-                Message.next_attempt_at <= now,
-            )
+            .where(Message.id.in_(select(batch.c.id)), *due)
             .values(
                 status=MessageStatus.SENDING.value,
                 lease_until=now + lease,

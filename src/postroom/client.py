@@ -267,8 +267,12 @@ class Postroom:
 
     # worker side ----------------------------------------------------------------------------
 
-    def deliver(self, ids: Sequence[str]) -> DeliveryReport:
-        """Claim, send and record the due messages among ``ids`` (the body of the Celery task)."""
+    def deliver(self, ids: Sequence[str], *, stream: str | None = None) -> DeliveryReport:
+        """Claim, send and record due messages (the body of the Celery task).
+
+        The messages among ``ids`` come first; with ``stream``, the batch is topped up to
+        ``batch_size`` with other due messages of that stream.
+        """
         deliverer = Deliverer(
             sessions=self.sessions,
             transport=self.transport,
@@ -277,8 +281,9 @@ class Postroom:
             clock=self.clock,
             attachments=self.attachment_store,
             sign=self._dkim_sign(),
+            batch_size=self.settings.batch_size,
         )
-        return deliverer.deliver(ids)
+        return deliverer.deliver(ids, stream=stream)
 
     def dispatch_due(self) -> int:
         """Publish every due message without a live task; return how many were published."""
@@ -354,7 +359,7 @@ class Postroom:
         if self._publish_override is not None:
             self._publish_override(stream, ids)
         else:
-            self.celery.send_task(DELIVER_TASK, args=[ids], queue=queue_for(stream))
+            self.celery.send_task(DELIVER_TASK, args=[ids, stream], queue=queue_for(stream))
 
     def close(self) -> None:
         """Close pooled database and transport connections held by this process."""

@@ -55,12 +55,20 @@ class Deliverer:
     clock: Callable[[], datetime]
     attachments: AttachmentStore
     sign: Sign | None = None
+    batch_size: int = 100
 
-    def deliver(self, ids: Sequence[str]) -> DeliveryReport:
-        """Claim whichever of ``ids`` are due, send them, and record each outcome."""
+    def deliver(self, ids: Sequence[str], *, stream: str | None = None) -> DeliveryReport:
+        """Claim the due messages among ``ids`` (topped up from ``stream``), send, record."""
         with self.sessions.begin() as session:
             # claim before anything else: a redelivered task must find nothing left to do
-            claimed = claim_due(session, ids, lease=self.lease, now=self.clock())
+            claimed = claim_due(
+                session,
+                ids,
+                lease=self.lease,
+                now=self.clock(),
+                stream=stream,
+                limit=max(self.batch_size, len(ids)) if stream else None,
+            )
             with_files = [m.id for m in claimed if m.attachment_count]
             files = self.attachments.load(session, with_files) if with_files else {}
         outcomes = [self._attempt(message, files.get(message.id, [])) for message in claimed]

@@ -91,8 +91,8 @@ def create_celery(client: Postroom) -> Celery:
 
     # shared=False: each app (one per client) must call its own client, not the first one made
     @app.task(name=DELIVER_TASK, shared=False)
-    def deliver(ids: list[str]) -> None:
-        client.deliver(ids)
+    def deliver(ids: list[str], stream: str | None = None) -> None:
+        client.deliver(ids, stream=stream)
 
     @app.task(name=DISPATCH_DUE_TASK, shared=False)
     def dispatch_due() -> None:
