@@ -10,10 +10,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from postroom.dkim import DkimKey
+from postroom.limits import TransportLimits
 from postroom.retry import RetryPolicy
 
 REDACTED = "***"
-_URL_FIELDS = ("database_url", "broker_url", "transport_url")
+_URL_FIELDS = ("database_url", "broker_url", "transport_url", "limits_redis_url")
 
 
 def redact_url(url: str) -> str:
@@ -78,6 +79,15 @@ class Settings(BaseSettings):
     dev_inbox: bool = False
     # Signing keys per sender domain, as JSON: [{"domain": …, "selector": …, "private_key_path": …}]
     dkim: list[DkimKey] = Field(default_factory=list)
+
+    # ── Global limits per transport (postroom.limits) ───────────────────────────────────────
+    # By transport name, as JSON: {"smtp": {"rate_per_second": 10, "daily_quota": 2000,
+    # "timezone": "Europe/Paris", "max_connections": 4}}; a transport not listed is unlimited.
+    limits: dict[str, TransportLimits] = Field(default_factory=dict)
+    # Where workers share the limits; None: the broker when it is Redis (the embedded one
+    # included), else each process keeps its own. See limits.redis_url_for_limits.
+    limits_redis_url: str | None = None
+    # ── end of limits ───────────────────────────────────────────────────────────────────────
 
     @property
     def embedded_broker_socket(self) -> Path:
