@@ -3,7 +3,8 @@
 PostroomError
 ├── ConfigurationError              at startup: bad settings, unknown transport scheme
 ├── MessageRejected (ValueError)    the caller's input; nothing was stored
-│   ├── InvalidAddress  ├── HeaderInjection  ├── MessageTooLarge  └── TemplateError
+│   ├── InvalidAddress  ├── HeaderInjection  ├── MessageTooLarge  ├── TemplateError
+│   └── UnknownTransport            ``transport=`` names no configured transport
 ├── MessageNotFound (LookupError)
 ├── TemplateNotFound (LookupError)  no version of that template in the requested locale chain
 ├── InvalidTransition               e.g. cancel() on a message that was already sent
@@ -66,6 +67,14 @@ class TemplateError(MessageRejected):
         self.template = template
         self.version = version
         self.line = line
+
+
+class UnknownTransport(MessageRejected):
+    """An explicit ``transport=`` names no configured transport; ``name`` is the one asked for."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no transport is named {name!r}", field="transport")
+        self.name = name
 
 
 class MessageNotFound(PostroomError, LookupError):

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from postroom.dkim import DkimKey
 from postroom.limits import TransportLimits
 from postroom.retry import RetryPolicy
+from postroom.transports.registry import DEFAULT, FailoverRule, Route, check_transport_name
 
 REDACTED = "***"
 _URL_FIELDS = ("database_url", "broker_url", "transport_url", "limits_redis_url")
@@ -28,6 +29,17 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{user}:{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redact_or_hide(url: str) -> str:
+    # A malformed URL cannot be redacted, only hidden: with an unescaped '/' in a password
+    # (smtp://user:pa/ss@host) urlsplit finds no password at all and the '@' lands in the path.
+    try:
+        parts = urlsplit(url)
+        redacted = redact_url(url)
+    except ValueError:
+        return REDACTED
+    return REDACTED if "@" in url and "@" not in parts.netloc else redacted
 
 
 class Settings(BaseSettings):
@@ -89,6 +101,35 @@ class Settings(BaseSettings):
     limits_redis_url: str | None = None
     # ── end of limits ───────────────────────────────────────────────────────────────────────
 
+    # ── Named transports, routing and failover ──────────────────────────────────────────────
+    # More transports by name, as JSON: {"ses": "smtp://user:pw@email-smtp…:587"}. The one
+    # named "default" is transport_url. Names are checked against each other (routes and
+    # failover naming unknown transports, failover cycles) when a TransportRegistry is built.
+    transports: dict[str, str] = Field(default_factory=dict)
+    # First match wins, else "default": [{"stream": "bulk", "transport": "ses"}]
+    routes: list[Route] = Field(default_factory=list)
+    # By primary: {"default": {"to": "backup", "after": 5, "cool_down_seconds": 60}}
+    failover: dict[str, FailoverRule] = Field(default_factory=dict)
+    # Per transport per worker process: connections kept open, and how long one may sit idle.
+    pool_max_size: int = Field(default=4, ge=1, le=1000)
+    pool_idle_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("transports")
+    @classmethod
+    def _check_transport_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            check_transport_name(name)
+            if name == DEFAULT:
+                raise ValueError(f"{DEFAULT!r} is transport_url; give the others other names")
+        return value
+
+    @property
+    def transport_urls(self) -> dict[str, str]:
+        """Every transport's URL by name, ``default`` (``transport_url``) first."""
+        return {DEFAULT: self.transport_url, **self.transports}
+
+    # ── end of named transports ─────────────────────────────────────────────────────────────
+
     @property
     def embedded_broker_socket(self) -> Path:
         """Where the embedded Redis listens when no broker URL is configured."""
@@ -110,5 +151,7 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             if name in _URL_FIELDS and isinstance(value, str):
                 yield name, redact_url(value)
+            elif name == "transports" and isinstance(value, dict):
+                yield name, {key: _redact_or_hide(url) for key, url in value.items()}
             else:
                 yield name, value

@@ -10,6 +10,8 @@ from postroom.transports.base import Envelope, SendResult, Transport
 from postroom.transports.console import ConsoleTransport
 from postroom.transports.file import FileTransport
 from postroom.transports.memory import MemoryTransport
+from postroom.transports.pool import TransportPool
+from postroom.transports.registry import FailoverRule, RegistryConfig, Route, TransportRegistry
 from postroom.transports.smtp import SmtpConfig, SmtpTransport
 
 
@@ -38,4 +40,14 @@ def create_transport(url: str) -> Transport:
     )
 
 
-__all__ = ["Envelope", "SendResult", "Transport", "create_transport"]
+__all__ = [
+    "Envelope",
+    "FailoverRule",
+    "RegistryConfig",
+    "Route",
+    "SendResult",
+    "Transport",
+    "TransportPool",
+    "TransportRegistry",
+    "create_transport",
+]
