@@ -69,6 +69,7 @@ def test_the_module_level_functions_use_the_configured_client(make_settings, sql
     configured = postroom.configure(make_settings(database_url=sqlite_url, broker_url=broker))
     try:
         message = postroom.send("a@example.com", "Hi", text="x")
+        assert configured.flush_publications()
         assert "the sweep will retry" in caplog.text
         assert postroom.get_message(message.id).status == MessageStatus.QUEUED
         assert postroom.cancel(message.id).status == MessageStatus.CANCELLED

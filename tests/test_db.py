@@ -10,6 +10,12 @@ from postroom.db import create_db_engine, id_created_at, new_id, normalize_datab
 from postroom.messages import Message
 
 
+def test_ids_made_in_the_same_millisecond_still_increase():
+    ids = [new_id() for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
 def test_ids_are_unique_and_sort_by_creation_time():
     first = new_id()
     time.sleep(0.002)

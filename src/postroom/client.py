@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from postroom import claims, messages, templates
 from postroom.attachments import Attachment, AttachmentStore, StoredAttachment, list_attachments
-from postroom.db import EngineCache, Publish, publish_after_commit, utcnow
+from postroom.db import EngineCache, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
 from postroom.dkim import DkimSigner
 from postroom.drafts import Content, Draft, Limits, Stream, build_draft
@@ -24,6 +24,7 @@ from postroom.events import MessageEvent, list_events
 from postroom.html_text import html_to_text
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign
+from postroom.publishing import BackgroundPublisher, Publish
 from postroom.settings import Settings
 from postroom.tasks import DELIVER_TASK, create_celery, queue_for
 from postroom.templates import Rendered, Template, TemplateRenderer
@@ -56,6 +57,7 @@ class Postroom:
         self.clock = clock
         self._engines = EngineCache(self.settings.database_url)
         self._publish_override = publish
+        self._background = BackgroundPublisher(self._publish, max_batch=self.settings.batch_size)
         self._fixed_transport = transport
         self._process_transport: tuple[int, Transport] | None = None
         self._celery: Celery | None = None
@@ -183,7 +185,7 @@ class Postroom:
             session, draft, attachment_store=self.attachment_store, now=self.clock()
         )
         if created and message.status == MessageStatus.QUEUED:
-            publish_after_commit(session, message.stream, [message.id], self._publish)
+            publish_after_commit(session, message.stream, [message.id], self._submit)
         return message
 
     def get_message(self, message_id: str) -> Message:
@@ -355,6 +357,18 @@ class Postroom:
             self._celery = create_celery(self)
         return self._celery
 
+    def _submit(self, stream: str, ids: list[str]) -> None:
+        # The broker round trip happens on a background thread, off the caller's latency; a
+        # replaced ``publish`` (tests, embedding) is called directly, so it sees every id at once.
+        if self._publish_override is not None:
+            self._publish_override(stream, ids)
+        else:
+            self._background.submit(stream, ids)
+
+    def flush_publications(self, timeout: float = 5.0) -> bool:
+        """Wait until every id sent so far was handed to the broker; False on timeout."""
+        return self._background.flush(timeout)
+
     def _publish(self, stream: str, ids: list[str]) -> None:
         if self._publish_override is not None:
             self._publish_override(stream, ids)
@@ -362,7 +376,8 @@ class Postroom:
             self.celery.send_task(DELIVER_TASK, args=[ids, stream], queue=queue_for(stream))
 
     def close(self) -> None:
-        """Close pooled database and transport connections held by this process."""
+        """Publish what is pending, then close this process's database and transport connections."""
+        self._background.close()
         if self._process_transport is not None and self._process_transport[0] == os.getpid():
             self._process_transport[1].close()
         self._process_transport = None

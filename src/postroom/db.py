@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,14 +17,29 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from postroom.publishing import Publish
+
 logger = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_last_id_lock = threading.Lock()
+_last_id = 0
+
+
 def new_id() -> str:
-    """A 26-character id that sorts by creation time (48-bit milliseconds, 80 random bits)."""
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    """A 26-character id that sorts by creation time (48-bit milliseconds, 80 random bits).
+
+    Within one process ids are strictly increasing even inside one millisecond (the random
+    part is incremented instead of redrawn), so "newest first" and id cursors stay exact.
+    """
+    global _last_id
+    with _last_id_lock:
+        value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+        if value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)
@@ -129,9 +145,6 @@ class EngineCache:
             if isinstance(bind, Engine):
                 bind.dispose()
         self._sessions = None
-
-
-Publish = Callable[[str, list[str]], None]
 
 
 @dataclass

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, Index, Integer, String, Text, select, update
+from sqlalchemy import JSON, Index, Integer, String, Table, Text, bindparam, insert, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql import Executable
 
 from postroom.addresses import ascii_domain, split_address
 from postroom.attachments import AttachmentStore
 from postroom.db import Base, UTCDateTime, new_id, utcnow
 from postroom.drafts import Draft
 from postroom.errors import InvalidTransition, MessageNotFound
-from postroom.events import append_event
+from postroom.events import MessageEvent, append_event
 
 
 class MessageStatus(StrEnum):
@@ -98,12 +102,44 @@ class Message(Base):
         return [split_address(a)[1] for a in (*self.to, *self.cc, *self.bcc)]
 
 
-def _insert_ignoring_duplicate_key(session: Session) -> Any:
-    # ON CONFLICT DO NOTHING instead of catching IntegrityError: it works inside a caller's
-    # transaction on PostgreSQL, where a failed INSERT would poison the whole transaction.
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(Message).on_conflict_do_nothing(index_elements=["idempotency_key"])
+# (attribute name, column) of every column: "metadata" is the column, "metadata_" the attribute
+_COLUMNS = [(prop.key, prop.columns[0]) for prop in sa_inspect(Message).column_attrs]
+
+
+_messages = cast(Table, Message.__table__)
+_events = cast(Table, MessageEvent.__table__)
+
+
+@functools.cache
+def _insert_statement(dialect: str) -> Executable:
+    """The statement that stores a message and its first event, compiled once per dialect.
+
+    ON CONFLICT DO NOTHING instead of catching IntegrityError: it works inside a caller's
+    transaction on PostgreSQL, where a failed INSERT would poison the whole transaction. On
+    PostgreSQL the event row is written by the same statement (one round trip), and only when
+    the message row was.
+    """
+    if dialect != "postgresql":
+        return sqlite.insert(_messages).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    # inside a CTE the values need named parameters, or they are compiled as anonymous ones
+    named = {column.key: bindparam(column.key, type_=column.type) for column in _messages.columns}
+    inserted = (
+        postgresql.insert(_messages)
+        .values(named)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(_messages.c.id)
+        .cte("inserted")
+    )
+    first_event = select(
+        inserted.c.id,
+        bindparam("event_status", type_=String()),
+        bindparam("event_at", type_=UTCDateTime()),
+    )
+    return (
+        insert(_events)
+        .from_select(["message_id", "status", "at"], first_event)
+        .returning(_events.c.message_id)
+    )
 
 
 def create(
@@ -118,49 +154,62 @@ def create(
     With an idempotency key already used, the existing message is returned and nothing is added.
     """
     now = now or utcnow()
-    message_id = new_id()
-    scheduled = draft.send_at is not None and draft.send_at > now
-    status = S.SCHEDULED if scheduled else S.QUEUED
-    domain = ascii_domain(split_address(draft.from_addr)[1].rpartition("@")[2])
-    row = {
-        "id": message_id,
-        "stream": draft.stream.value,
-        "status": status.value,
-        "from_addr": draft.from_addr,
-        "to": draft.to,
-        "cc": draft.cc,
-        "bcc": draft.bcc,
-        "reply_to": draft.reply_to,
-        "subject": draft.subject,
-        "text": draft.text,
-        "html": draft.html,
-        "headers": draft.headers,
-        "tags": draft.tags,
-        "metadata_": draft.metadata,
-        "idempotency_key": draft.idempotency_key,
-        "message_id_header": f"<{message_id}@{domain}>",
-        "attempts": 0,
-        "next_attempt_at": draft.send_at if scheduled else now,
-        "dispatched_at": None if scheduled else now,
-        "created_at": now,
-        "updated_at": now,
-        "attachment_count": len(draft.attachments),
-        "template_name": draft.template_name,
-        "template_locale": draft.template_locale,
-        "template_version": draft.template_version,
-    }
-    inserted = session.scalars(
-        _insert_ignoring_duplicate_key(session).values(row).returning(Message),
-        execution_options={"populate_existing": True},
-    ).first()
-    if inserted is None:
+    message = _new_message(draft, now)
+    row = {column.key: getattr(message, attribute) for attribute, column in _COLUMNS}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        params = {**row, "event_status": message.status, "event_at": now}
+        created = session.execute(_insert_statement(dialect), params).first() is not None
+    else:
+        result = cast(CursorResult[Any], session.execute(_insert_statement(dialect), row))
+        created = result.rowcount == 1
+        if created:
+            append_event(session, message.id, message.status, at=now)
+    if not created:
         existing = session.scalars(
             select(Message).where(Message.idempotency_key == draft.idempotency_key)
         ).one()
         return existing, False
-    attachment_store.save(session, message_id, draft.attachments)
-    append_event(session, message_id, status, at=now)
-    return inserted, True
+    attachment_store.save(session, message.id, draft.attachments)
+    return message, True
+
+
+def _new_message(draft: Draft, now: datetime) -> Message:
+    # Built here rather than read back with RETURNING: every value is known before the insert.
+    message_id = new_id()
+    scheduled = draft.send_at is not None and draft.send_at > now
+    domain = ascii_domain(split_address(draft.from_addr)[1].rpartition("@")[2])
+    return Message(
+        id=message_id,
+        stream=draft.stream.value,
+        status=(S.SCHEDULED if scheduled else S.QUEUED).value,
+        from_addr=draft.from_addr,
+        to=draft.to,
+        cc=draft.cc,
+        bcc=draft.bcc,
+        reply_to=draft.reply_to,
+        subject=draft.subject,
+        text=draft.text,
+        html=draft.html,
+        headers=draft.headers,
+        tags=draft.tags,
+        metadata_=draft.metadata,
+        idempotency_key=draft.idempotency_key,
+        message_id_header=f"<{message_id}@{domain}>",
+        attempts=0,
+        next_attempt_at=draft.send_at if scheduled else now,
+        dispatched_at=None if scheduled else now,
+        lease_until=None,
+        created_at=now,
+        updated_at=now,
+        sent_at=None,
+        last_error=None,
+        transport=None,
+        attachment_count=len(draft.attachments),
+        template_name=draft.template_name,
+        template_locale=draft.template_locale,
+        template_version=draft.template_version,
+    )
 
 
 def get(session: Session, message_id: str) -> Message:

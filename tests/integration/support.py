@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Collection
 
@@ -87,3 +89,18 @@ def send_many(client: Postroom, count: int) -> dict[str, str]:
         message = client.send(f"rcpt{n}@example.com", f"Message {n}", text=f"body {n}")
         sent[message.message_id_header] = message.id
     return sent
+
+
+def queued_ids(redis_server: RedisServer) -> list[str]:
+    """Every message id carried by the deliver tasks waiting in the broker's queues."""
+    redis = redis_server.client()
+    try:
+        raw = [item for queue in QUEUES for item in redis.lrange(queue, 0, -1)]
+    finally:
+        redis.close()
+    ids: list[str] = []
+    for item in raw:
+        envelope = json.loads(item)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        ids.extend(args[0])
+    return ids

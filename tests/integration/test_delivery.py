@@ -164,6 +164,7 @@ def test_send_in_a_rolled_back_session_publishes_and_sends_nothing(
         rolled_back = producer.send("a@example.com", "Rolled back", text="x", session=session)
         rolled_back_id, rolled_back_header = rolled_back.id, rolled_back.message_id_header
         session.rollback()
+    producer.flush_publications()
     assert queued_tasks(redis_server) == 0
     with pytest.raises(MessageNotFound):
         producer.get_message(rolled_back_id)
@@ -173,6 +174,7 @@ def test_send_in_a_rolled_back_session_publishes_and_sends_nothing(
         # joined the caller's transaction: nothing is published before its commit
         assert queued_tasks(redis_server) == 0
         session.commit()
+    assert producer.flush_publications()
     assert queued_tasks(redis_server) == 1
 
     worker(settings, beat=True)

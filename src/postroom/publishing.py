@@ -1,0 +1,98 @@
+"""Publishing delivery tasks off the caller's thread, merging ids that arrive together.
+
+``send()`` returns once its row is committed; the task that carries the id is published by a
+background thread. Ids submitted while a publish is in flight wait for the next one and travel
+together, so a burst of sends becomes a few tasks instead of one each. A process that dies with
+ids still pending loses nothing: their rows are committed, and the dispatch sweep publishes
+them again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[str, list[str]], None]
+
+
+class BackgroundPublisher:
+    """A per-process thread publishing ``(stream, ids)`` in batches of at most ``max_batch``."""
+
+    def __init__(self, publish: Publish, *, max_batch: int) -> None:
+        self._publish = publish
+        self._max_batch = max_batch
+        self._pending: dict[str, list[str]] = {}
+        self._in_flight = 0
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+
+    def submit(self, stream: str, ids: list[str]) -> None:
+        """Queue ids for publishing; returns at once, whatever the broker's state."""
+        with self._condition:
+            self._ensure_thread()
+            self._pending.setdefault(stream, []).extend(ids)
+            self._condition.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far was published (or failed); False on timeout."""
+        with self._condition:
+            if self._pid != os.getpid():
+                return True
+            return self._condition.wait_for(
+                lambda: not self._pending and not self._in_flight, timeout=timeout
+            )
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush, then stop the thread."""
+        self.flush(timeout)
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            thread.join(timeout)
+        self._thread = None
+
+    def _ensure_thread(self) -> None:
+        # A forked child inherits the parent's state but not its thread: start afresh, and
+        # leave the parent's pending ids to the parent.
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        self._pending = {}
+        self._in_flight = 0
+        self._closed = False
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="postroom-publisher", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._pending or self._closed)
+                if self._closed and not self._pending:
+                    return
+                batches = [
+                    (stream, ids[start : start + self._max_batch])
+                    for stream, ids in self._pending.items()
+                    for start in range(0, len(ids), self._max_batch)
+                ]
+                self._pending = {}
+                self._in_flight = len(batches)
+            for stream, ids in batches:
+                try:
+                    self._publish(stream, ids)
+                except Exception:
+                    logger.warning(
+                        "publishing %d message(s) failed; the sweep will retry", len(ids)
+                    )
+                with self._condition:
+                    self._in_flight -= 1
+                    self._condition.notify_all()
