@@ -113,6 +113,7 @@ class ReceivedMessage:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def parsed(self) -> ParsedMessage:

@@ -36,7 +36,7 @@ def test_a_delivered_message_is_sent_once_with_its_events(client, outbox):
     stored = client.get_message(message.id)
     assert stored.status == MessageStatus.SENT
     assert stored.sent_at is not None
-    assert stored.transport == "memory"
+    assert stored.transport == "default"  # the configured name, not the kind
     assert [s for s, _ in statuses(client, message.id)] == ["queued", "sending", "sent"]
 
 
@@ -76,7 +76,7 @@ def test_a_permanent_smtp_refusal_fails_after_one_attempt(smtp_client, smtp_sink
 def test_temporary_failures_fail_once_attempts_are_exhausted(smtp_client, smtp_sink):
     message = smtp_client.send("a@example.com", "Hi", text="x")
     attempts = smtp_client.settings.retry.max_attempts
-    smtp_sink.refuse("421 4.7.0 slow down", times=attempts)
+    smtp_sink.refuse("421 4.3.2 system not accepting network messages", times=attempts)
     moment = utcnow()
     for _ in range(attempts):
         smtp_client.clock = lambda moment=moment: moment
@@ -122,10 +122,30 @@ def test_an_unexpected_transport_error_defers_instead_of_losing_the_message(sett
 
 
 def test_one_failure_in_a_batch_does_not_affect_the_others(settings):
-    transport = Unreliable(TemporaryFailure("busy", transport="unreliable", code=452))
+    transport = Unreliable(TemporaryFailure("local error", transport="unreliable", code=451))
     client = Postroom(settings, publish=lambda s, i: None, transport=transport)
     ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(3)]
     report = client.deliver(ids)
     assert (report.claimed, report.sent, report.deferred) == (3, 2, 1)
     assert sorted(client.get_message(i).status for i in ids) == ["deferred", "sent", "sent"]
     client.close()
+
+
+def test_provider_push_back_pauses_the_transport_without_spending_attempts(smtp_client, smtp_sink):
+    ids = [smtp_client.send("a@example.com", f"m{i}", text="x").id for i in range(4)]
+    smtp_sink.refuse("421 4.7.28 too many messages, slow down")
+    report = smtp_client.deliver(ids)
+    assert (report.sent, report.deferred) == (0, 4)
+    first, *rest = (smtp_client.get_message(i) for i in ids)
+    assert first.attempts == 1  # it was tried and refused
+    assert [m.attempts for m in rest] == [0, 0, 0]  # held back, not tried
+    assert all("push-back" in (m.last_error or "") for m in rest)
+    paused_until = rest[0].next_attempt_at
+    assert paused_until is not None and paused_until > utcnow()
+    # while the pause lasts, due messages are held back again and nothing reaches the server
+    smtp_client.clock = lambda: utcnow() + timedelta(seconds=15)
+    assert smtp_client.deliver([smtp_client.send("b@example.com", "later", text="x").id]).sent == 0
+    assert smtp_sink.received == []
+    # after it, everything goes out
+    smtp_client.clock = lambda: utcnow() + timedelta(minutes=5)
+    assert smtp_client.deliver(ids).sent == 4

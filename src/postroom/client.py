@@ -22,13 +22,15 @@ from postroom.drafts import Content, Draft, Limits, Stream, build_draft
 from postroom.errors import MessageRejected, TemplateError, TemplateNotFound
 from postroom.events import MessageEvent, list_events
 from postroom.html_text import html_to_text
+from postroom.limits import Limiter, limiter_for, redis_url_for_limits
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign
 from postroom.publishing import BackgroundPublisher, Publish
 from postroom.settings import Settings
 from postroom.tasks import DELIVER_TASK, create_celery, queue_for
 from postroom.templates import Rendered, Template, TemplateRenderer
-from postroom.transports import Transport, create_transport
+from postroom.transports import Transport
+from postroom.transports.registry import RegistryConfig, TransportRegistry
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,7 +61,8 @@ class Postroom:
         self._publish_override = publish
         self._background = BackgroundPublisher(self._publish, max_batch=self.settings.batch_size)
         self._fixed_transport = transport
-        self._process_transport: tuple[int, Transport] | None = None
+        self._registry: TransportRegistry | None = None
+        self._limiter: tuple[int, Limiter] | None = None
         self._celery: Celery | None = None
         self._dkim_signer: DkimSigner | None = None
         self._renderer: TemplateRenderer | None = None
@@ -93,6 +96,7 @@ class Postroom:
         template: str | None = None,
         context: Mapping[str, Any] | None = None,
         locale: str | None = None,
+        transport: str | None = None,
         session: Session | None = None,
     ) -> Message:
         """Validate and store a message, then publish its delivery task after the commit.
@@ -106,7 +110,8 @@ class Postroom:
         derived from HTML when missing), or as ``template`` with ``context`` and ``locale``:
         the newest version of the template (with locale fallback) is rendered now, so a
         template error surfaces here as ``TemplateError``. ``attachments`` are ``Attachment``
-        objects, paths, or mappings of ``Attachment`` fields.
+        objects, paths, or mappings of ``Attachment`` fields. ``transport`` names a configured
+        transport to use instead of the routes (``UnknownTransport`` if there is none).
         """
         content = Content(subject=subject, text=text, html=html)
         fields: dict[str, Any] = {
@@ -122,6 +127,7 @@ class Postroom:
             "send_at": send_at,
             "idempotency_key": idempotency_key,
             "attachments": attachments,
+            "transport": None if transport is None else self.registry.check(transport),
             "limits": self._limits,
         }
         if session is not None:
@@ -277,7 +283,8 @@ class Postroom:
         """
         deliverer = Deliverer(
             sessions=self.sessions,
-            transport=self.transport,
+            registry=self.registry,
+            limiter=self.limiter,
             policy=self.settings.retry,
             lease=timedelta(seconds=self.settings.lease_seconds),
             clock=self.clock,
@@ -331,14 +338,28 @@ class Postroom:
         return self._engines.sessions
 
     @property
-    def transport(self) -> Transport:
-        """This process's transport: connections are never shared with a forked child."""
-        if self._fixed_transport is not None:
-            return self._fixed_transport
+    def registry(self) -> TransportRegistry:
+        """The configured transports: routing, failover, and a connection pool per process."""
+        if self._registry is None:
+            fixed = self._fixed_transport
+            config = RegistryConfig.from_settings(self.settings)
+            if fixed is None:
+                self._registry = TransportRegistry(config)
+            else:
+                self._registry = TransportRegistry(config, create=lambda _url: fixed)
+        return self._registry
+
+    @property
+    def limiter(self) -> Limiter:
+        """This process's view of the global limits (shared through Redis when configured)."""
         pid = os.getpid()
-        if self._process_transport is None or self._process_transport[0] != pid:
-            self._process_transport = (pid, create_transport(self.settings.transport_url))
-        return self._process_transport[1]
+        if self._limiter is None or self._limiter[0] != pid:
+            # Without configured limits there is nothing to share, and a Redis round trip per
+            # batch would buy nothing: provider push-back then pauses this process only.
+            shared = self.settings.limits or self.settings.limits_redis_url
+            redis_url = redis_url_for_limits(self.settings) if shared else None
+            self._limiter = (pid, limiter_for(self.settings, redis_url))
+        return self._limiter[1]
 
     @property
     def renderer(self) -> TemplateRenderer:
@@ -378,7 +399,6 @@ class Postroom:
     def close(self) -> None:
         """Publish what is pending, then close this process's database and transport connections."""
         self._background.close()
-        if self._process_transport is not None and self._process_transport[0] == os.getpid():
-            self._process_transport[1].close()
-        self._process_transport = None
+        if self._registry is not None:
+            self._registry.close()
         self._engines.dispose()

@@ -6,19 +6,22 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from postroom.addresses import split_address
 from postroom.attachments import AttachmentStore, CheckedAttachment
 from postroom.claims import claim_due
-from postroom.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from postroom.errors import DeliveryError, PermanentFailure, TemporaryFailure, UnknownTransport
 from postroom.events import NewEvent, append_events
+from postroom.limits import Limiter, pushback_until
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign, build_envelope
 from postroom.retry import RetryPolicy
 from postroom.transports.base import SendResult, Transport
+from postroom.transports.registry import DEFAULT, TransportRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ class Outcome:
     detail: str
     code: int | None = None
     next_attempt_at: datetime | None = None
+    transport: str | None = None
+    # a deferral by a limit is not an attempt: the claim's count is given back
+    attempt_refunded: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,17 @@ class DeliveryReport:
     failed: int
 
 
+# How long a batch waits when every connection slot of its transport is taken.
+CONNECTION_CAP_WAIT = timedelta(seconds=1)
+
+
 @dataclass
 class Deliverer:
-    """Delivers messages by id through one transport, with one retry policy."""
+    """Delivers messages by id through the configured transports, within their limits."""
 
     sessions: sessionmaker[Session]
-    transport: Transport
+    registry: TransportRegistry
+    limiter: Limiter
     policy: RetryPolicy
     lease: timedelta
     clock: Callable[[], datetime]
@@ -71,9 +82,11 @@ class Deliverer:
             )
             with_files = [m.id for m in claimed if m.attachment_count]
             files = self.attachments.load(session, with_files) if with_files else {}
-        outcomes = [self._attempt(message, files.get(message.id, [])) for message in claimed]
+        outcomes: list[Outcome] = []
+        for name, group in self._by_transport(claimed).items():
+            outcomes += self._send_group(name, group, files)
         with self.sessions.begin() as session:
-            record_outcomes(session, outcomes, transport=self.transport.name, now=self.clock())
+            record_outcomes(session, outcomes, now=self.clock())
         statuses = [outcome.status for outcome in outcomes]
         return DeliveryReport(
             claimed=len(claimed),
@@ -82,35 +95,126 @@ class Deliverer:
             failed=statuses.count(MessageStatus.FAILED),
         )
 
-    def _attempt(self, message: Message, attachments: list[CheckedAttachment]) -> Outcome:
+    def _by_transport(self, claimed: Sequence[Message]) -> dict[str, list[Message]]:
+        groups: dict[str, list[Message]] = {}
+        for message in claimed:
+            domain = split_address(message.from_addr)[1].rpartition("@")[2]
+            try:
+                name = self.registry.route(
+                    explicit=message.requested_transport,
+                    stream=message.stream,
+                    sender_domain=domain,
+                )
+            except UnknownTransport:
+                # removed from the configuration after the message was accepted: the default
+                # delivers it rather than letting it fail
+                name = DEFAULT
+            groups.setdefault(self.registry.active(name), []).append(message)
+        return groups
+
+    def _send_group(
+        self, name: str, group: list[Message], files: dict[str, list[CheckedAttachment]]
+    ) -> list[Outcome]:
+        now = self.clock()
+        allowance = self.limiter.acquire(name, len(group), now=now)
+        send_now, later = group[: allowance.granted], group[allowance.granted :]
+        outcomes = [
+            _held_back(m, name, allowance.reason or "limited", allowance.retry_at_of(i) or now)
+            for i, m in enumerate(later)
+        ]
+        if not send_now:
+            return outcomes
+        with self.limiter.connection(name, now=now, lease=self.lease) as slot:
+            if not slot:
+                self.limiter.refund(name, len(send_now), now=now)
+                reason = "connection cap reached"
+                return outcomes + [
+                    _held_back(m, name, reason, now + CONNECTION_CAP_WAIT) for m in send_now
+                ]
+            with self.registry.lease(name) as transport:
+                outcomes += self._send_all(name, transport, send_now, files, now)
+        return outcomes
+
+    def _send_all(
+        self,
+        name: str,
+        transport: Transport,
+        messages: list[Message],
+        files: dict[str, list[CheckedAttachment]],
+        granted_at: datetime,
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for index, message in enumerate(messages):
+            outcome, failure = self._attempt(name, transport, message, files.get(message.id, []))
+            outcomes.append(outcome)
+            if outcome.status is not MessageStatus.SENT and failure is None:
+                continue
+            self.registry.record(name, temporary_failure=isinstance(failure, TemporaryFailure))
+            until = None
+            if isinstance(failure, TemporaryFailure):
+                until = pushback_until(failure.code, failure.detail, now=self.clock())
+            if until is not None:
+                # the provider asked the whole transport to slow down: stop this batch too
+                self.limiter.pause(name, until=until, reason=failure.detail if failure else "")
+                rest = messages[index + 1 :]
+                self.limiter.refund(name, len(rest), now=granted_at)
+                reason = f"transport paused by provider push-back: {outcome.detail}"
+                outcomes += [_held_back(m, name, reason, until) for m in rest]
+                break
+        return outcomes
+
+    def _attempt(
+        self,
+        name: str,
+        transport: Transport,
+        message: Message,
+        attachments: list[CheckedAttachment],
+    ) -> tuple[Outcome, DeliveryError | None]:
         try:
             envelope = build_envelope(message, attachments, now=self.clock(), sign=self.sign)
         except Exception as error:  # stored content that cannot be rendered will never send
             logger.exception("message %s could not be built", message.id)
-            return Outcome(
-                message.id, MessageStatus.FAILED, f"could not build: {type(error).__name__}"
-            )
+            detail = f"could not build: {type(error).__name__}"
+            return Outcome(message.id, MessageStatus.FAILED, detail, transport=name), None
         try:
-            result = self.transport.send(envelope)
+            result = transport.send(envelope)
         except PermanentFailure as error:
-            return Outcome(message.id, MessageStatus.FAILED, str(error), error.code)
+            outcome = Outcome(
+                message.id, MessageStatus.FAILED, str(error), error.code, transport=name
+            )
+            return outcome, error
         except TemporaryFailure as error:
-            return self._retry_or_fail(message, error)
+            return self._retry_or_fail(name, message, error), error
         except Exception as error:
             # An unexpected error may be a bug or a passing fault; retrying loses nothing.
-            logger.exception(
-                "transport %s raised while sending %s", self.transport.name, message.id
-            )
-            failure = TemporaryFailure(type(error).__name__, transport=self.transport.name)
-            return self._retry_or_fail(message, failure)
-        return Outcome(message.id, MessageStatus.SENT, _describe_success(result), result.code)
+            logger.exception("transport %s raised while sending %s", name, message.id)
+            failure = TemporaryFailure(type(error).__name__, transport=transport.name)
+            return self._retry_or_fail(name, message, failure), failure
+        success = Outcome(
+            message.id, MessageStatus.SENT, _describe_success(result), result.code, transport=name
+        )
+        return success, None
 
-    def _retry_or_fail(self, message: Message, error: DeliveryError) -> Outcome:
+    def _retry_or_fail(self, name: str, message: Message, error: DeliveryError) -> Outcome:
         if self.policy.is_exhausted(message.attempts):
             detail = f"gave up after {message.attempts} attempts: {error}"
-            return Outcome(message.id, MessageStatus.FAILED, detail, error.code)
+            return Outcome(message.id, MessageStatus.FAILED, detail, error.code, transport=name)
         retry_at = self.clock() + self.policy.delay_after(message.attempts)
-        return Outcome(message.id, MessageStatus.DEFERRED, str(error), error.code, retry_at)
+        return Outcome(
+            message.id, MessageStatus.DEFERRED, str(error), error.code, retry_at, transport=name
+        )
+
+
+def _held_back(message: Message, transport: str, reason: str, until: datetime) -> Outcome:
+    """A message a limit kept from being sent now: deferred, and its attempt not counted."""
+    return Outcome(
+        message.id,
+        MessageStatus.DEFERRED,
+        reason,
+        next_attempt_at=until,
+        transport=transport,
+        attempt_refunded=True,
+    )
 
 
 def _describe_success(result: SendResult) -> str:
@@ -120,8 +224,7 @@ def _describe_success(result: SendResult) -> str:
     return f"{result.detail} (refused: {refused})"
 
 
-_messages = Message.__table__
-assert isinstance(_messages, Table)
+_messages = cast(Table, Message.__table__)
 # Core, not ORM: an executemany with per-row values and an extra WHERE on the status.
 _record = (
     update(_messages)
@@ -132,6 +235,7 @@ _record = (
         sent_at=bindparam("b_sent_at"),
         last_error=bindparam("b_last_error"),
         transport=bindparam("b_transport"),
+        attempts=_messages.c.attempts - bindparam("b_refund"),
         lease_until=None,
         dispatched_at=None,
         updated_at=bindparam("b_now"),
@@ -139,9 +243,7 @@ _record = (
 )
 
 
-def record_outcomes(
-    session: Session, outcomes: Sequence[Outcome], *, transport: str, now: datetime
-) -> None:
+def record_outcomes(session: Session, outcomes: Sequence[Outcome], *, now: datetime) -> None:
     """Write every outcome (one executemany) and its event row, in the caller's transaction."""
     if not outcomes:
         return
@@ -152,7 +254,8 @@ def record_outcomes(
             "b_next_attempt_at": o.next_attempt_at,
             "b_sent_at": now if o.status is MessageStatus.SENT else None,
             "b_last_error": None if o.status is MessageStatus.SENT else o.detail,
-            "b_transport": transport,
+            "b_transport": o.transport,
+            "b_refund": 1 if o.attempt_refunded else 0,
             "b_now": now,
         }
         for o in outcomes

@@ -91,6 +91,7 @@ class Draft:
     template_name: str | None = None
     template_locale: str | None = None
     template_version: int | None = None
+    transport: str | None = None
 
 
 def build_draft(
@@ -113,6 +114,7 @@ def build_draft(
     template_name: str | None = None,
     template_locale: str | None = None,
     template_version: int | None = None,
+    transport: str | None = None,
     limits: Limits = Limits(),
 ) -> Draft:
     """Validate every field and return a ``Draft``; raise a ``MessageRejected`` subclass if not."""
@@ -142,6 +144,7 @@ def build_draft(
         template_name=template_name,
         template_locale=template_locale,
         template_version=template_version,
+        transport=transport,
         to=recipients["to"],
         cc=recipients["cc"],
         bcc=recipients["bcc"],

@@ -89,7 +89,8 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
-    transport: Mapped[str | None] = mapped_column(String(64))
+    transport: Mapped[str | None] = mapped_column(String(64))  # the one that delivered it
+    requested_transport: Mapped[str | None] = mapped_column(String(64))  # send(transport=…)
     # lets delivery skip the attachments query for the (usual) message without any
     attachment_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     template_name: Mapped[str | None] = mapped_column(String(100))
@@ -205,6 +206,7 @@ def _new_message(draft: Draft, now: datetime) -> Message:
         sent_at=None,
         last_error=None,
         transport=None,
+        requested_transport=draft.transport,
         attachment_count=len(draft.attachments),
         template_name=draft.template_name,
         template_locale=draft.template_locale,
