@@ -1,0 +1,1 @@
+"""postroom's benchmark against the seeds' pattern: ``python -m bench`` (``make bench``)."""
