@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +53,8 @@ class DeliveryReport:
 
 # How long a batch waits when every connection slot of its transport is taken.
 CONNECTION_CAP_WAIT = timedelta(seconds=1)
+# How long a batch may pace itself under a rate limit before deferring what is left.
+PACING = timedelta(seconds=2)
 
 
 @dataclass
@@ -115,25 +118,57 @@ class Deliverer:
     def _send_group(
         self, name: str, group: list[Message], files: dict[str, list[CheckedAttachment]]
     ) -> list[Outcome]:
-        now = self.clock()
-        allowance = self.limiter.acquire(name, len(group), now=now)
-        send_now, later = group[: allowance.granted], group[allowance.granted :]
-        outcomes = [
-            _held_back(m, name, allowance.reason or "limited", allowance.retry_at_of(i) or now)
-            for i, m in enumerate(later)
-        ]
-        if not send_now:
-            return outcomes
+        outcomes: list[Outcome] = []
+        pending = group
+        # Under a rate limit the batch is paced for a while (tokens come back within
+        # fractions of a second) rather than deferred: a deferral costs rows, events and a
+        # sweep, and would leave the bucket's refills unused in between.
+        pace_until = self.clock() + PACING
+        while pending:
+            now = self.clock()
+            allowance = self.limiter.acquire(name, len(pending), now=now)
+            granted, pending = pending[: allowance.granted], pending[allowance.granted :]
+            paused_until = None
+            if granted:
+                sent, paused_until = self._send_granted(name, granted, files, now)
+                outcomes += sent
+            if paused_until is not None:
+                reason = "transport paused by provider push-back"
+                return outcomes + [_held_back(m, name, reason, paused_until) for m in pending]
+            if pending and not self._wait_for(allowance.retry_at, pace_until):
+                reason = allowance.reason or "limited"
+                outcomes += [
+                    _held_back(m, name, reason, allowance.retry_at_of(i) or now)
+                    for i, m in enumerate(pending)
+                ]
+                break
+        return outcomes
+
+    def _wait_for(self, moment: datetime | None, pace_until: datetime) -> bool:
+        """Sleep until ``moment`` if it comes soon enough; False when the batch should defer."""
+        if moment is None or moment > pace_until:
+            return False
+        seconds = (moment - self.clock()).total_seconds()
+        if seconds > 0:
+            time.sleep(seconds)
+        # a clock that did not move (tests) would make this loop for ever
+        return self.clock() >= moment
+
+    def _send_granted(
+        self,
+        name: str,
+        granted: list[Message],
+        files: dict[str, list[CheckedAttachment]],
+        now: datetime,
+    ) -> tuple[list[Outcome], datetime | None]:
         with self.limiter.connection(name, now=now, lease=self.lease) as slot:
             if not slot:
-                self.limiter.refund(name, len(send_now), now=now)
-                reason = "connection cap reached"
-                return outcomes + [
-                    _held_back(m, name, reason, now + CONNECTION_CAP_WAIT) for m in send_now
-                ]
+                self.limiter.refund(name, len(granted), now=now)
+                retry_at = now + CONNECTION_CAP_WAIT
+                held = [_held_back(m, name, "connection cap reached", retry_at) for m in granted]
+                return held, None
             with self.registry.lease(name) as transport:
-                outcomes += self._send_all(name, transport, send_now, files, now)
-        return outcomes
+                return self._send_all(name, transport, granted, files, now)
 
     def _send_all(
         self,
@@ -142,7 +177,8 @@ class Deliverer:
         messages: list[Message],
         files: dict[str, list[CheckedAttachment]],
         granted_at: datetime,
-    ) -> list[Outcome]:
+    ) -> tuple[list[Outcome], datetime | None]:
+        """Send ``messages`` in order; stop early when the provider pushes back (its end)."""
         outcomes: list[Outcome] = []
         for index, message in enumerate(messages):
             outcome, failure = self._attempt(name, transport, message, files.get(message.id, []))
@@ -159,9 +195,8 @@ class Deliverer:
                 rest = messages[index + 1 :]
                 self.limiter.refund(name, len(rest), now=granted_at)
                 reason = f"transport paused by provider push-back: {outcome.detail}"
-                outcomes += [_held_back(m, name, reason, until) for m in rest]
-                break
-        return outcomes
+                return outcomes + [_held_back(m, name, reason, until) for m in rest], until
+        return outcomes, None
 
     def _attempt(
         self,

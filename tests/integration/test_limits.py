@@ -12,7 +12,7 @@ from tests.servers import SmtpSink
 
 pytestmark = pytest.mark.integration
 
-RATE = 20  # the acceptance's 10/s for 60 s, at a scale a test can afford
+RATE = 10  # the acceptance's limit; it asks for 60 s, a test affords a few
 
 
 def busiest_second(times: list[float]) -> int:
@@ -48,7 +48,6 @@ def test_a_rate_limit_holds_across_two_worker_processes(
 
     assert set(statuses(producer, sent.values()).values()) == {"sent"}
     assert len(smtp_sink.received) == 4 * RATE
-    burst = -(-RATE // 10)  # the bucket holds a tenth of a second's worth
     busiest = busiest_second([m.received_at for m in smtp_sink.received])
     print(f"busiest second: {busiest} messages at a limit of {RATE}/s")
-    assert busiest <= RATE + burst
+    assert busiest <= 11  # the acceptance: no 1-second window above 11 at 10/s
