@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=int(env("BENCH_MESSAGES", "3000")))
     parser.add_argument("--api-requests", type=int, default=int(env("BENCH_API_REQUESTS", "2000")))
     parser.add_argument("--api-clients", type=int, default=50)
-    parser.add_argument("--bulk", type=int, default=int(env("BENCH_BULK", "3000")))
+    parser.add_argument("--bulk", type=int, default=int(env("BENCH_BULK", "5000")))
     parser.add_argument("--transactional", type=int, default=50)
     parser.add_argument("--transactional-interval", type=float, default=0.1)
     parser.add_argument("--rate-limit", type=int, default=10)
