@@ -1,4 +1,9 @@
-"""smtp:// — hand messages to an SMTP server over a connection kept open between messages."""
+"""smtp:// — hand messages to an SMTP server over a connection kept open between messages.
+
+Every command is a round trip (60-70 µs between CPUs, more across a network), so when the
+server offers PIPELINING (RFC 2920) a message's MAIL, RCPTs and DATA go out in one write:
+two round trips per message (envelope, then data) instead of three plus one per recipient.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
@@ -17,6 +23,10 @@ from postroom.errors import ConfigurationError, DeliveryError, PermanentFailure,
 from postroom.transports.base import Envelope, SendResult
 
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+# RFC 2920 §3.1: a client that writes with blocking sockets must make each group of pipelined
+# commands fit in the TCP window, or client and server can both block writing to each other.
+# 8 KB is under any window in practice and holds MAIL, DATA and ~200 RCPTs.
+_PIPELINED_GROUP_BYTES = 8192
 
 
 class SmtpSecurity(StrEnum):
@@ -152,8 +162,9 @@ class SmtpTransport:
         except (TimeoutError, OSError) as error:
             self._drop()
             raise TemporaryFailure(_describe(error), transport=self.name) from None
-        # A kept connection the server had already closed: nothing was transmitted, so one
-        # retry on a fresh connection cannot duplicate the message.
+        # A kept connection the server had already closed: the message itself was not
+        # transmitted (at most the envelope commands, pipelined, that were never answered with
+        # 354), so one retry on a fresh connection cannot duplicate it.
         return self._transmit_once_fresh(envelope)
 
     def _transmit_once_fresh(self, envelope: Envelope) -> SendResult:
@@ -234,7 +245,11 @@ class SmtpTransport:
 
     def _transmit(self, connection: smtplib.SMTP, envelope: Envelope) -> SendResult:
         try:
-            refused = self._open_transaction(connection, envelope)
+            if connection.has_extn("pipelining"):
+                refused = self._open_transaction_pipelined(connection, envelope)
+            else:
+                refused = self._open_transaction(connection, envelope)
+                self._start_data(connection)
             result = self._send_data(connection, envelope, refused)
         except _ResetNeeded as failure:
             self._reset(connection)
@@ -242,16 +257,19 @@ class SmtpTransport:
         self._last_used = time.monotonic()
         return result
 
+    def _mail_options(self, connection: smtplib.SMTP, envelope: Envelope) -> list[str]:
+        if not envelope.smtputf8:
+            return []
+        if not connection.has_extn("smtputf8"):
+            failure = PermanentFailure(
+                "a non-ASCII address needs SMTPUTF8, which the server does not offer",
+                transport=self.name,
+            )
+            raise _ResetNeeded(failure)
+        return ["SMTPUTF8", "BODY=8BITMIME"]
+
     def _open_transaction(self, connection: smtplib.SMTP, envelope: Envelope) -> dict[str, str]:
-        options: list[str] = []
-        if envelope.smtputf8:
-            if not connection.has_extn("smtputf8"):
-                failure = PermanentFailure(
-                    "a non-ASCII address needs SMTPUTF8, which the server does not offer",
-                    transport=self.name,
-                )
-                raise _ResetNeeded(failure)
-            options = ["SMTPUTF8", "BODY=8BITMIME"]
+        options = self._mail_options(connection, envelope)
         code, reply = connection.mail(envelope.sender, options)
         if code != 250:
             self._drop_if_closing(code)
@@ -264,6 +282,70 @@ class SmtpTransport:
                 self._drop_if_closing(code)
                 if code == 421:
                     break
+        return self._judge_recipients(envelope, refused)
+
+    def _open_transaction_pipelined(
+        self, connection: smtplib.SMTP, envelope: Envelope
+    ) -> dict[str, str]:
+        """MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in order.
+
+        One round trip instead of two plus one per recipient (a very long recipient list takes
+        one per 8 KB of commands); the replies are judged exactly as on the step-by-step path.
+        """
+        options = self._mail_options(connection, envelope)
+        replies = self._pipeline(connection, _envelope_commands(envelope, options))
+        count = len(envelope.recipients)
+        (mail_code, mail_reply), recipient_replies = replies[0], replies[1 : count + 1]
+        data_reply = replies[count + 1] if len(replies) == count + 2 else None
+        try:
+            if mail_code != 250:
+                # the RCPTs and DATA behind a refused MAIL were answered (503/554) and read
+                raise _ResetNeeded(classify_reply(mail_code, mail_reply, transport=self.name))
+            refused = {
+                recipient: reply
+                for recipient, reply in zip(envelope.recipients, recipient_replies, strict=False)
+                if reply[0] not in (250, 251)
+            }
+            accepted = self._judge_recipients(envelope, refused)
+        except _ResetNeeded:
+            if data_reply is not None and data_reply[0] == 354:
+                # a server that took DATA with no valid sender or recipient before it: RFC 2920
+                # ends such a data phase with a lone "." instead of the message
+                connection.send(b".\r\n")
+                connection.getreply()
+            raise
+        assert data_reply is not None  # replies stop short only after a 421, judged above
+        code, reply = data_reply
+        if code != 354:
+            self._drop_if_closing(code)
+            raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
+        return accepted
+
+    def _pipeline(self, connection: smtplib.SMTP, commands: list[bytes]) -> list[tuple[int, bytes]]:
+        """The replies to ``commands``, written a group at a time; none after a 421."""
+        replies: list[tuple[int, bytes]] = []
+        for group in _command_groups(commands):
+            connection.send(b"".join(group))
+            replies += self._read_replies(connection, len(group))
+            if replies[-1][0] == 421:
+                break
+        return replies
+
+    def _read_replies(self, connection: smtplib.SMTP, count: int) -> list[tuple[int, bytes]]:
+        replies: list[tuple[int, bytes]] = []
+        for _ in range(count):
+            code, reply = connection.getreply()
+            replies.append((code, reply))
+            if code == 421:
+                # the server is closing the channel: the replies after this one never come
+                self._drop()
+                break
+        return replies
+
+    def _judge_recipients(
+        self, envelope: Envelope, refused: dict[str, tuple[int, bytes]]
+    ) -> dict[str, str]:
+        """The refusals to report with a sent message; ``_ResetNeeded`` if nobody is left."""
         if len(refused) == len(envelope.recipients) or any(c == 421 for c, _ in refused.values()):
             # temporary if any refusal was temporary: some recipient may still get it later
             code, reply = min(refused.values(), key=lambda item: item[0])
@@ -273,13 +355,15 @@ class SmtpTransport:
             for rcpt, (code, reply) in refused.items()
         }
 
-    def _send_data(
-        self, connection: smtplib.SMTP, envelope: Envelope, refused: dict[str, str]
-    ) -> SendResult:
+    def _start_data(self, connection: smtplib.SMTP) -> None:
         code, reply = connection.docmd("DATA")
         if code != 354:
             self._drop_if_closing(code)
             raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
+
+    def _send_data(
+        self, connection: smtplib.SMTP, envelope: Envelope, refused: dict[str, str]
+    ) -> SendResult:
         payload = _DOT_AT_LINE_START.sub(b"..", envelope.data)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
@@ -317,6 +401,33 @@ class SmtpTransport:
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         _close_quietly(connection)
+
+
+def _envelope_commands(envelope: Envelope, options: list[str]) -> list[bytes]:
+    """``MAIL FROM``, one ``RCPT TO`` per recipient and ``DATA``, each line with its CRLF."""
+    parameters = "".join(f" {option}" for option in options)
+    lines = [f"MAIL FROM:{smtplib.quoteaddr(envelope.sender)}{parameters}"]
+    lines += [f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in envelope.recipients]
+    lines.append("DATA")
+    if any("\r" in line or "\n" in line for line in lines):
+        # smtplib's putcmd refuses these too: in one write they would smuggle in commands
+        raise ValueError("an envelope address contains a line break")
+    # as smtplib does: UTF-8 only once SMTPUTF8 was asked for, else a non-ASCII address fails
+    encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+    return [f"{line}\r\n".encode(encoding) for line in lines]
+
+
+def _command_groups(commands: list[bytes]) -> Iterator[list[bytes]]:
+    """``commands`` cut into groups of at most ``_PIPELINED_GROUP_BYTES``, one write each."""
+    group: list[bytes] = []
+    size = 0
+    for command in commands:
+        if group and size + len(command) > _PIPELINED_GROUP_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(command)
+        size += len(command)
+    yield group
 
 
 def _close_quietly(connection: smtplib.SMTP | None) -> None:
