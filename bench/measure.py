@@ -220,7 +220,7 @@ def bulk_then_transactional(
         system.send(to)
     backlog_at_last_send = bulk - bulk_arrived
     deadline = time.monotonic() + max(120.0, bulk / 10)
-    while len(arrived) < transactional and time.monotonic() < deadline:
+    while len(arrived) < len(sent_at) and time.monotonic() < deadline:
         time.sleep(0.05)
         arrived |= {to: at for to, at in sink.new_arrivals() if to in sent_at}
     for proc in workers:
