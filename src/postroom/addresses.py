@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from email.utils import getaddresses, parseaddr
 
 import idna
 from email_validator import EmailNotValidError, validate_email
 
-from postroom.errors import HeaderInjection, InvalidAddress
+from postroom.errors import HeaderInjection, InvalidAddress, MessageRejected
 
 _LINE_BREAKS = ("\r", "\n", "\x00")
 _NEEDS_QUOTES = set('()<>[]:;@\\,."')
 
 
-def reject_line_breaks(value: str, *, field: str) -> str:
+def reject_line_breaks(value: str, *, field: str | None) -> str:
     """Return ``value`` unchanged, or raise ``HeaderInjection`` if it holds CR, LF or NUL."""
     if any(char in value for char in _LINE_BREAKS):
         raise HeaderInjection("line breaks are not allowed in header values", field=field)
@@ -38,17 +39,27 @@ def normalize_address(value: str, *, field: str) -> str:
     """
     if not isinstance(value, str):
         raise InvalidAddress("an address must be a string", field=field)
-    reject_line_breaks(value, field=field)
+    try:
+        return _normalize(value)
+    except MessageRejected as error:  # InvalidAddress or HeaderInjection, now naming the field
+        raise type(error)(error.detail, field=field) from None
+
+
+# The same senders and many of the same recipients recur: parsing and validating an address
+# costs more than the rest of send()'s Python work, so valid results are remembered.
+@functools.lru_cache(maxsize=4096)
+def _normalize(value: str) -> str:
+    reject_line_breaks(value, field=None)
     value = value.strip()
     if value.count("<") > 1 or len(getaddresses([value])) != 1:
-        raise InvalidAddress("give exactly one address per entry", field=field)
+        raise InvalidAddress("give exactly one address per entry")
     name, addr = parseaddr(value)
     if not addr:
-        raise InvalidAddress(f"{value!r} is not an email address", field=field)
+        raise InvalidAddress(f"{value!r} is not an email address")
     try:
         checked = validate_email(addr, check_deliverability=False)
     except EmailNotValidError as error:
-        raise InvalidAddress(str(error), field=field) from None
+        raise InvalidAddress(str(error)) from None
     return format_address(name.strip(), checked.normalized)
 
 

@@ -133,11 +133,18 @@ class Postroom:
         if session is not None:
             draft = self._draft(session, content, template, context, locale, fields)
             return self._add(session, draft)
-        with self.sessions() as own:
+        with self._sessions_for_one_insert(attachments)() as own:
             draft = self._draft(own, content, template, context, locale, fields)
             message = self._add(own, draft)
             own.commit()
         return message
+
+    def _sessions_for_one_insert(self, attachments: object) -> sessionmaker[Session]:
+        # On PostgreSQL a message without attachments is one INSERT (its event rides in the
+        # same statement), which is atomic on its own: no transaction round trips needed.
+        if not attachments and self._engines.dialect == "postgresql":
+            return self._engines.autocommit_sessions
+        return self.sessions
 
     def _draft(
         self,

@@ -129,14 +129,33 @@ class EngineCache:
         self._database_url = database_url
         self._pid: int | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._autocommit: sessionmaker[Session] | None = None
+
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name (``sqlite``, ``postgresql``)."""
+        return make_url(normalize_database_url(self._database_url)).get_dialect().name
 
     @property
     def sessions(self) -> sessionmaker[Session]:
         """The session factory for this process, created on first use."""
         if self._sessions is None or self._pid != os.getpid():
-            self._sessions = create_session_factory(create_db_engine(self._database_url))
+            engine = create_db_engine(self._database_url)
+            self._sessions = create_session_factory(engine)
+            # same pool; each statement commits on its own, so a single-statement write
+            # costs one round trip instead of three (BEGIN, statement, COMMIT)
+            self._autocommit = create_session_factory(
+                engine.execution_options(isolation_level="AUTOCOMMIT")
+            )
             self._pid = os.getpid()
         return self._sessions
+
+    @property
+    def autocommit_sessions(self) -> sessionmaker[Session]:
+        """Sessions whose every statement is its own transaction (for one-statement writes)."""
+        self.sessions  # noqa: B018 - builds both factories for this process
+        assert self._autocommit is not None
+        return self._autocommit
 
     def dispose(self) -> None:
         """Close this process's pooled connections."""
@@ -144,7 +163,7 @@ class EngineCache:
             bind = self._sessions.kw.get("bind")
             if isinstance(bind, Engine):
                 bind.dispose()
-        self._sessions = None
+        self._sessions = self._autocommit = None
 
 
 @dataclass
