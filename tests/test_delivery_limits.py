@@ -89,3 +89,24 @@ def test_an_explicit_transport_must_exist(make_settings, sqlite_url):
         client.send("a@example.com", "Hi", text="x", transport="nope")
     assert raised.value.field == "transport"
     client.close()
+
+
+def test_when_the_limits_store_is_down_messages_wait_and_keep_their_attempts(
+    make_settings, sqlite_url, outbox
+):
+    from tests.servers import free_port
+
+    settings = make_settings(
+        database_url=sqlite_url,
+        limits_redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        limits={"default": {"rate_per_second": 5}},
+    )
+    client = Postroom(settings, publish=lambda s, i: None)
+    ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(3)]
+    report = client.deliver(ids)
+    assert (report.sent, report.deferred, report.failed) == (0, 3, 0)
+    held = [client.get_message(i) for i in ids]
+    assert {m.attempts for m in held} == {0}
+    assert all("limits unavailable" in (m.last_error or "") for m in held)
+    assert outbox == []  # never sent past a limit it could not check
+    client.close()

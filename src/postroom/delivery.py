@@ -55,6 +55,8 @@ class DeliveryReport:
 CONNECTION_CAP_WAIT = timedelta(seconds=1)
 # How long a batch may pace itself under a rate limit before deferring what is left.
 PACING = timedelta(seconds=2)
+# How long messages wait when the limits store (Redis) does not answer.
+LIMITS_UNAVAILABLE_WAIT = timedelta(seconds=10)
 
 
 @dataclass
@@ -126,7 +128,10 @@ class Deliverer:
         pace_until = self.clock() + PACING
         while pending:
             now = self.clock()
-            allowance = self.limiter.acquire(name, len(pending), now=now)
+            try:
+                allowance = self.limiter.acquire(name, len(pending), now=now)
+            except Exception as error:
+                return outcomes + _limits_unavailable(pending, name, error, now)
             granted, pending = pending[: allowance.granted], pending[allowance.granted :]
             paused_until = None
             if granted:
@@ -161,14 +166,23 @@ class Deliverer:
         files: dict[str, list[CheckedAttachment]],
         now: datetime,
     ) -> tuple[list[Outcome], datetime | None]:
-        with self.limiter.connection(name, now=now, lease=self.lease) as slot:
+        slot_manager = self.limiter.connection(name, now=now, lease=self.lease)
+        try:
+            slot = slot_manager.__enter__()
+        except Exception as error:
+            return _limits_unavailable(granted, name, error, now), None
+        try:
             if not slot:
-                self.limiter.refund(name, len(granted), now=now)
+                _quietly(self.limiter.refund, name, len(granted), now=now)
                 retry_at = now + CONNECTION_CAP_WAIT
                 held = [_held_back(m, name, "connection cap reached", retry_at) for m in granted]
                 return held, None
             with self.registry.lease(name) as transport:
                 return self._send_all(name, transport, granted, files, now)
+        finally:
+            # Releasing the slot must never lose the outcomes of messages already sent: a slot
+            # that cannot be released expires with its lease.
+            _quietly(slot_manager.__exit__, None, None, None)
 
     def _send_all(
         self,
@@ -191,9 +205,10 @@ class Deliverer:
                 until = pushback_until(failure.code, failure.detail, now=self.clock())
             if until is not None:
                 # the provider asked the whole transport to slow down: stop this batch too
-                self.limiter.pause(name, until=until, reason=failure.detail if failure else "")
+                reply = failure.detail if failure else ""
+                _quietly(self.limiter.pause, name, until=until, reason=reply)
                 rest = messages[index + 1 :]
-                self.limiter.refund(name, len(rest), now=granted_at)
+                _quietly(self.limiter.refund, name, len(rest), now=granted_at)
                 reason = f"transport paused by provider push-back: {outcome.detail}"
                 return outcomes + [_held_back(m, name, reason, until) for m in rest], until
         return outcomes, None
@@ -238,6 +253,23 @@ class Deliverer:
         return Outcome(
             message.id, MessageStatus.DEFERRED, str(error), error.code, retry_at, transport=name
         )
+
+
+def _quietly(call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run a limiter bookkeeping call whose failure must not lose outcomes already known."""
+    try:
+        call(*args, **kwargs)
+    except Exception as error:
+        logger.warning("limits bookkeeping failed: %s", type(error).__name__)
+
+
+def _limits_unavailable(
+    messages: list[Message], transport: str, error: Exception, now: datetime
+) -> list[Outcome]:
+    """Hold messages back when the limits store cannot be asked: never send past a limit."""
+    logger.warning("limits unavailable for %s (%s): holding back", transport, type(error).__name__)
+    reason = f"limits unavailable ({type(error).__name__}); will retry"
+    return [_held_back(m, transport, reason, now + LIMITS_UNAVAILABLE_WAIT) for m in messages]
 
 
 def _held_back(message: Message, transport: str, reason: str, until: datetime) -> Outcome:
