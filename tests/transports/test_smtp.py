@@ -180,21 +180,6 @@ def sink(make_sink: Callable[..., Sink]) -> Sink:
 
 
 @pytest.fixture
-def make_transport() -> Iterator[Callable[[str], SmtpTransport]]:
-    transports: list[SmtpTransport] = []
-
-    def make(url: str) -> SmtpTransport:
-        transport = create_transport(url)
-        assert isinstance(transport, SmtpTransport)
-        transports.append(transport)
-        return transport
-
-    yield make
-    for transport in transports:
-        transport.close()
-
-
-@pytest.fixture
 def transport(sink: Sink, make_transport: Callable[[str], SmtpTransport]) -> SmtpTransport:
     """A transport to the plain ``sink``."""
     return make_transport(smtp_url(sink))

@@ -125,20 +125,6 @@ def sink(make_sink: Callable[..., PipeliningSink]) -> PipeliningSink:
 
 
 @pytest.fixture
-def make_transport() -> Iterator[Callable[[str], SmtpTransport]]:
-    transports: list[SmtpTransport] = []
-
-    def make(url: str) -> SmtpTransport:
-        transport = SmtpTransport(SmtpConfig.from_url(url))
-        transports.append(transport)
-        return transport
-
-    yield make
-    for transport in transports:
-        transport.close()
-
-
-@pytest.fixture
 def transport(
     sink: PipeliningSink, make_transport: Callable[[str], SmtpTransport]
 ) -> SmtpTransport:
