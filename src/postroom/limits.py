@@ -291,14 +291,9 @@ class LocalLimiter:
             if current is None or until > current[0]:
                 self._pauses[transport] = (until, short_reason(reason))
 
-    def connection(
-        self, transport: str, *, now: datetime, lease: timedelta
-    ) -> AbstractContextManager[bool]:
-        """A slot for one connection; yields False at the cap; the slot expires after ``lease``."""
-        return self._connection(transport, now=now, lease=lease)
-
     @contextmanager
-    def _connection(self, transport: str, *, now: datetime, lease: timedelta) -> Iterator[bool]:
+    def connection(self, transport: str, *, now: datetime, lease: timedelta) -> Iterator[bool]:
+        """A slot for one connection; yields False at the cap; the slot expires after ``lease``."""
         cap = self._limits.get(transport, NO_LIMITS).max_connections
         if cap is None:
             yield True

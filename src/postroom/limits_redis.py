@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import redis
@@ -189,14 +189,9 @@ class RedisLimiter:
         ttl = max(0, math.ceil(end / 1_000_000 - time.time())) + _MARGIN_SECONDS
         self._pause(keys=[pause_key(transport)], args=[end, short_reason(reason), ttl])
 
-    def connection(
-        self, transport: str, *, now: datetime, lease: timedelta
-    ) -> AbstractContextManager[bool]:
-        """A slot for one connection; yields False at the cap; the slot expires after ``lease``."""
-        return self._connection(transport, now=now, lease=lease)
-
     @contextmanager
-    def _connection(self, transport: str, *, now: datetime, lease: timedelta) -> Iterator[bool]:
+    def connection(self, transport: str, *, now: datetime, lease: timedelta) -> Iterator[bool]:
+        """A slot for one connection; yields False at the cap; the slot expires after ``lease``."""
         cap = self._limits.get(transport, NO_LIMITS).max_connections
         if cap is None:
             yield True
