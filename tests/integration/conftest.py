@@ -116,6 +116,8 @@ class WorkerProcess:
 
 
 StartWorker = Callable[..., WorkerProcess]
+MakeSettings = Callable[..., Settings]
+MakeProducer = Callable[[Settings], Postroom]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from postroom.client import Postroom
 from postroom.errors import TemplateError
 from postroom.messages import Message
 from postroom.settings import Settings
-from tests.integration.conftest import StartWorker, worker_env
+from tests.integration.conftest import MakeProducer, MakeSettings, StartWorker, worker_env
 from tests.integration.content_corpus import (
     ED_DOMAIN,
     ED_DOMAIN_ASCII,
@@ -52,8 +52,6 @@ from tests.test_dkim import dns, ed25519_pem_pair, rsa_pair
 
 pytestmark = pytest.mark.integration
 
-MakeSettings = Callable[..., Settings]
-MakeProducer = Callable[[Settings], Postroom]
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
 from postroom.client import Postroom
-from postroom.settings import Settings
 from postroom.tasks import DELIVER_TASK, TRANSACTIONAL_QUEUE
-from tests.integration.conftest import StartWorker
+from tests.integration.conftest import MakeProducer, MakeSettings, StartWorker
 from tests.integration.support import (
     event_trails,
     queued_ids,
@@ -21,9 +19,6 @@ from tests.integration.support import (
 from tests.servers import RedisServer, SmtpSink
 
 pytestmark = pytest.mark.integration
-
-MakeSettings = Callable[..., Settings]
-MakeProducer = Callable[[Settings], Postroom]
 
 
 @pytest.mark.timeout(120)
