@@ -127,14 +127,11 @@ class EngineCache:
 
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url
+        # parsed once: send() asks for it on every call
+        self.dialect = make_url(normalize_database_url(database_url)).get_dialect().name
         self._pid: int | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._autocommit: sessionmaker[Session] | None = None
-
-    @property
-    def dialect(self) -> str:
-        """The database's dialect name (``sqlite``, ``postgresql``)."""
-        return make_url(normalize_database_url(self._database_url)).get_dialect().name
 
     @property
     def sessions(self) -> sessionmaker[Session]:
