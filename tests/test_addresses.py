@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from email.utils import parseaddr
+
 import pytest
 
 from postroom.addresses import format_address, normalize_address, normalize_addresses, split_address
@@ -64,3 +66,37 @@ def test_formatted_addresses_split_back_into_name_and_address():
     formatted = format_address('Ann "The" Smith, Jr.', "ann@example.com")
     assert split_address(formatted) == ('Ann "The" Smith, Jr.', "ann@example.com")
     assert split_address("ann@example.com") == ("", "ann@example.com")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "ann@example.com",
+        "Ann <ann@example.com>",
+        "Ann  Smith <ann@example.com>",
+        "Ann Smith <ann@example.com>",
+        '"Smith, Ann" <ann@example.com>',
+        '"Ann \\"the boss\\" Smith" <ann@example.com>',
+        "Dr. Ann <ann@example.com>",
+        "ann.o'neil@example.com",
+        "Zoë Ünïcode <zoë@bücher.example>",
+        '"ann smith"@example.com',
+        "Ann (work) <ann@example.com>",
+        "ann@[192.0.2.1]",
+        "Ann <ann@example.com> ",
+        "Ann<ann@example.com>",
+        " <ann@example.com>",
+        "A <b> <ann@example.com>",
+        "Ann\t<ann@example.com>",
+        "Group: ann@example.com;",
+    ],
+)
+def test_split_address_agrees_with_the_rfc_5322_parser(given):
+    # the hand-split fast path must never differ from parseaddr, whatever it is given
+    assert split_address(given) == parseaddr(given)
+    if "@" in given and not given.startswith("Group"):
+        try:
+            normal = normalize_address(given, field="to")
+        except InvalidAddress:
+            return
+        assert split_address(normal) == parseaddr(normal)

@@ -406,8 +406,8 @@ class SmtpTransport:
 def _envelope_commands(envelope: Envelope, options: list[str]) -> list[bytes]:
     """``MAIL FROM``, one ``RCPT TO`` per recipient and ``DATA``, each line with its CRLF."""
     parameters = "".join(f" {option}" for option in options)
-    lines = [f"MAIL FROM:{smtplib.quoteaddr(envelope.sender)}{parameters}"]
-    lines += [f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in envelope.recipients]
+    lines = [f"MAIL FROM:{_path(envelope.sender)}{parameters}"]
+    lines += [f"RCPT TO:{_path(recipient)}" for recipient in envelope.recipients]
     lines.append("DATA")
     if any("\r" in line or "\n" in line for line in lines):
         # smtplib's putcmd refuses these too: in one write they would smuggle in commands
@@ -415,6 +415,21 @@ def _envelope_commands(envelope: Envelope, options: list[str]) -> list[bytes]:
     # as smtplib does: UTF-8 only once SMTPUTF8 was asked for, else a non-ASCII address fails
     encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
     return [f"{line}\r\n".encode(encoding) for line in lines]
+
+
+# An envelope address holding none of these is already a plain addr-spec.
+_QUOTEADDR_NEEDED = frozenset('<>()"\\,;: \t')
+
+
+def _path(address: str) -> str:
+    """``<address>`` for MAIL FROM / RCPT TO, as ``smtplib.quoteaddr`` writes it.
+
+    quoteaddr runs the pure-Python RFC 5322 parser; envelope addresses are bare addr-specs
+    already, so the parser only runs for the rare one that is quoted or odd.
+    """
+    if _QUOTEADDR_NEEDED.isdisjoint(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
 
 
 def _command_groups(commands: list[bytes]) -> Iterator[list[bytes]]:
