@@ -388,22 +388,35 @@ def _encode_body(text: str) -> tuple[str, bytes]:
     if max(map(len, lines), default=0) <= _MAX:
         body = b"\r\n".join(lines) + b"\r\n"
         return ("7bit" if body.isascii() else "8bit"), body
-    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
-    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), _MAX)
-    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+    # The stdlib compares the first ten lines encoded both ways. Lines are quoted-printable
+    # encoded one by one, so those ten are a prefix of the whole body's encoding: encode once.
+    quoted = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _MAX)
+    sniff_bytes = sum(map(len, lines[:10])) + 2 * min(len(lines), 10)
+    if _prefix_of_lines(quoted, 10) > (sniff_bytes + 2) // 3 * 4 + 1:  # len(b2a_base64(sniff))
         data = b"\r\n".join(lines) + b"\r\n"
         return "base64", b"".join(
             binascii.b2a_base64(data[i : i + _BASE64_LINE], newline=False) + b"\r\n"
             for i in range(0, len(data), _BASE64_LINE)
         )
-    if len(lines) > 10:
-        normal = b"\n".join(lines) + b"\n"
-        sniff_qp = quoprimime.body_encode(normal.decode("latin-1"), _MAX)
     # The generator writes every line ending of the payload as CRLF. body_encode ends lines
     # with LF and escapes a lone CR, so the plain replace is the usual case.
-    if "\r" in sniff_qp:
-        return "quoted-printable", _LINE_ENDS.sub("\r\n", sniff_qp).encode("ascii")
-    return "quoted-printable", sniff_qp.replace("\n", "\r\n").encode("ascii")
+    if "\r" in quoted:
+        return "quoted-printable", _LINE_ENDS.sub("\r\n", quoted).encode("ascii")
+    return "quoted-printable", quoted.replace("\n", "\r\n").encode("ascii")
+
+
+# A hard line break of body_encode's output: a soft one is "=" then the line end, and a
+# literal "=" is always written as "=3D", so an LF after "=" is never a hard break.
+_HARD_BREAK = re.compile(r"(?<!=)\n")
+
+
+def _prefix_of_lines(quoted: str, count: int) -> int:
+    """Length of ``quoted`` up to and including its ``count``-th hard line break."""
+    end = len(quoted)
+    for number, found in enumerate(_HARD_BREAK.finditer(quoted), start=1):
+        if number == count:
+            return found.end()
+    return end
 
 
 _LINE_ENDS = re.compile(r"\r\n|\r|\n")
