@@ -11,10 +11,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, false, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    case,
+    cast,
+    false,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
-from postroom.events import NewEvent, append_events
+from postroom.db import UTCDateTime
+from postroom.events import MessageEvent, NewEvent, append_events
 from postroom.messages import CLAIMABLE, Message, MessageStatus
 
 
@@ -55,20 +67,33 @@ def claim_due(
     # A CTE, evaluated once: as a plain IN (subquery) PostgreSQL may re-run the locking
     # subquery per row, each run skipping the rows just claimed, and so ignore the LIMIT.
     batch = candidates.cte("batch")
-    claimed = list(
-        session.scalars(
-            update(Message)
-            .where(Message.id.in_(select(batch.c.id)), *due)
-            .values(
-                status=MessageStatus.SENDING.value,
-                lease_until=now + lease,
-                attempts=Message.attempts + 1,
-                updated_at=now,
-            )
-            .returning(Message),
-            execution_options={"populate_existing": True, "synchronize_session": False},
+    claim = (
+        update(Message)
+        .where(Message.id.in_(select(batch.c.id)), *due)
+        .values(
+            status=MessageStatus.SENDING.value,
+            lease_until=now + lease,
+            attempts=Message.attempts + 1,
+            updated_at=now,
         )
     )
+    options = {"populate_existing": True, "synchronize_session": False}
+    if session.get_bind().dialect.name == "postgresql":
+        # One round trip: the claim and its event rows in one statement.
+        claimed_rows = claim.returning(*Message.__table__.columns).cte("claimed")
+        events = insert(MessageEvent).from_select(
+            ["message_id", "status", "detail", "at"],
+            select(
+                claimed_rows.c.id,
+                literal(MessageStatus.SENDING.value),
+                literal("attempt ") + cast(claimed_rows.c.attempts, String),
+                literal(now, UTCDateTime()),
+            ),
+        )
+        entity = aliased(Message, claimed_rows)
+        query = select(entity).add_cte(events.cte("claim_events"))
+        return list(session.scalars(query, execution_options=options))
+    claimed = list(session.scalars(claim.returning(Message), execution_options=options))
     append_events(
         session,
         (NewEvent(m.id, MessageStatus.SENDING, f"attempt {m.attempts}") for m in claimed),

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table, bindparam, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom.addresses import split_address
 from postroom.attachments import AttachmentStore, CheckedAttachment
 from postroom.claims import claim_due
 from postroom.errors import DeliveryError, PermanentFailure, TemporaryFailure, UnknownTransport
-from postroom.events import NewEvent, append_events
+from postroom.events import MessageEvent, NewEvent, append_events
 from postroom.limits import Limiter, pushback_until
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign, build_envelope
@@ -310,9 +310,55 @@ _record = (
 )
 
 
+# PostgreSQL: every outcome and its event row in one statement, the outcomes passed as arrays
+# (one parameter per column, whatever the batch size) instead of one parameter set per row.
+_RECORD_ALL = text(
+    f"""
+    WITH outcome AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS varchar[]), CAST(:statuses AS varchar[]),
+            CAST(:next_attempts AS timestamptz[]), CAST(:errors AS text[]),
+            CAST(:transports AS varchar[]), CAST(:refunds AS integer[]),
+            CAST(:details AS text[]), CAST(:codes AS integer[])
+        ) AS o(id, status, next_attempt_at, last_error, transport, refund, detail, code)
+    ),
+    recorded AS (
+        UPDATE {_messages.name} AS m
+        SET status = o.status, next_attempt_at = o.next_attempt_at,
+            sent_at = CASE WHEN o.status = :sent THEN CAST(:now AS timestamptz) END,
+            last_error = o.last_error, transport = o.transport, attempts = m.attempts - o.refund,
+            lease_until = NULL, dispatched_at = NULL, updated_at = :now
+        FROM outcome AS o
+        WHERE m.id = o.id AND m.status = :sending
+    )
+    INSERT INTO {MessageEvent.__tablename__} (message_id, at, status, detail, code)
+    SELECT o.id, :now, o.status, o.detail, o.code FROM outcome AS o
+    """
+)
+
+
 def record_outcomes(session: Session, outcomes: Sequence[Outcome], *, now: datetime) -> None:
-    """Write every outcome (one executemany) and its event row, in the caller's transaction."""
+    """Write every outcome and its event row, in the caller's transaction."""
     if not outcomes:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        sent = [o.status is MessageStatus.SENT for o in outcomes]
+        session.execute(
+            _RECORD_ALL,
+            {
+                "ids": [o.message_id for o in outcomes],
+                "statuses": [o.status.value for o in outcomes],
+                "next_attempts": [o.next_attempt_at for o in outcomes],
+                "errors": [None if ok else o.detail for o, ok in zip(outcomes, sent, strict=True)],
+                "transports": [o.transport for o in outcomes],
+                "refunds": [1 if o.attempt_refunded else 0 for o in outcomes],
+                "details": [o.detail for o in outcomes],
+                "codes": [o.code for o in outcomes],
+                "now": now,
+                "sent": MessageStatus.SENT.value,
+                "sending": MessageStatus.SENDING.value,
+            },
+        )
         return
     params: list[dict[str, Any]] = [
         {
