@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
+from postroom.batches import BatchItemRejected, BatchResult
 from postroom.client import Postroom
 from postroom.errors import (
     ConfigurationError,
@@ -66,10 +67,14 @@ def _on_default_client(method: Callable[Concatenate[Postroom, P], R]) -> Callabl
 
 send = _on_default_client(Postroom.send)
 asend = _on_default_client(Postroom.asend)
+send_batch = _on_default_client(Postroom.send_batch)
+asend_batch = _on_default_client(Postroom.asend_batch)
 get_message = _on_default_client(Postroom.get_message)
 cancel = _on_default_client(Postroom.cancel)
 
 __all__ = [
+    "BatchItemRejected",
+    "BatchResult",
     "ConfigurationError",
     "DeliveryError",
     "HeaderInjection",
@@ -87,9 +92,11 @@ __all__ = [
     "TemplateError",
     "TemporaryFailure",
     "asend",
+    "asend_batch",
     "cancel",
     "configure",
     "default_client",
     "get_message",
     "send",
+    "send_batch",
 ]

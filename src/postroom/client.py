@@ -6,14 +6,14 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from postroom import claims, messages, templates
+from postroom import batches, claims, messages, templates
 from postroom.attachments import Attachment, AttachmentStore, StoredAttachment, list_attachments
 from postroom.db import EngineCache, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
@@ -192,6 +192,81 @@ class Postroom:
         if kwargs.get("session") is not None:
             raise TypeError("asend() does not join a session; use send(..., session=...)")
         return await asyncio.to_thread(functools.partial(self.send, *args, **kwargs))
+
+    def send_batch(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        stream: str = Stream.BULK,
+        session: Session | None = None,
+        keep_ids: bool | None = None,
+        chunk_size: int = batches.CHUNK_SIZE,
+    ) -> batches.BatchResult:
+        """Validate and store many messages a chunk at a time; publish each chunk after its commit.
+
+        Each item of ``messages`` is a mapping of ``send()``'s keyword arguments (``to``,
+        ``subject``, ``html``, ``template``, ``context``, ``idempotency_key``, ...); ``stream``
+        and ``session`` apply to the whole batch. ``messages`` is read lazily, ``chunk_size``
+        items at a time, so a generator of any length is stored in constant memory. Each chunk
+        is one INSERT and, without ``session``, one transaction, committed (and its tasks
+        published) before the next chunk is read.
+
+        Returns a ``BatchResult``: ``created`` new messages; ``duplicates``, the items whose
+        ``idempotency_key`` was used before (in the database or earlier in this batch), which
+        store nothing; and ``ids``, in input order the id of the message stored for each item.
+        ``ids`` are kept for a sequence (list, tuple) and, to keep memory flat, not for other
+        iterables; ``keep_ids`` overrides that.
+
+        The first invalid item raises ``BatchItemRejected``, a ``MessageRejected`` whose field
+        names it (``messages[3].to[0]``): every item before it is stored (committed and
+        published; ``error.result`` counts them) and nothing from it on, so ``error.index`` is
+        where to resume. With ``session``, the rows join the caller's transaction instead: the
+        tasks are published when the caller commits and never on rollback, so rolling back
+        after an error stores nothing at all.
+        """
+        sender = batches.BatchSender(
+            prepare=functools.partial(self._batch_draft, stream=batches.check_stream(stream)),
+            publish=self._submit,
+            attachment_store=self.attachment_store,
+            clock=self.clock,
+            sessions=self.sessions,
+            session=session,
+            chunk_size=chunk_size,
+        )
+        keep = isinstance(messages, Sequence) if keep_ids is None else keep_ids
+        return sender.send(messages, keep_ids=keep)
+
+    def _batch_draft(self, session: Session, item: Mapping[str, Any], *, stream: str) -> Draft:
+        # the same validation and rendering as send(), field for field
+        transport = item.get("transport")
+        fields: dict[str, Any] = {
+            "from_": item.get("from_") or self.settings.default_from,
+            **{name: item.get(name) for name in batches.PLAIN_FIELDS},
+            "stream": stream,
+            "transport": None if transport is None else self.registry.check(transport),
+            "limits": self._limits,
+        }
+        content = Content(subject=item.get("subject"), text=item.get("text"), html=item.get("html"))
+        template, context, locale = item.get("template"), item.get("context"), item.get("locale")
+        return self._draft(session, content, template, context, locale, fields)
+
+    async def asend_batch(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        stream: str = Stream.BULK,
+        keep_ids: bool | None = None,
+        chunk_size: int = batches.CHUNK_SIZE,
+    ) -> batches.BatchResult:
+        """``send_batch`` (without a session) for async code; runs in a worker thread.
+
+        ``messages`` is read in that thread too: give a list, or an iterable that does no
+        async I/O.
+        """
+        call = functools.partial(
+            self.send_batch, messages, stream=stream, keep_ids=keep_ids, chunk_size=chunk_size
+        )
+        return await asyncio.to_thread(call)
 
     def _add(self, session: Session, draft: Draft) -> Message:
         message, created = messages.create(

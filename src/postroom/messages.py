@@ -274,3 +274,15 @@ def count_by_status(session: Session, ids: Sequence[str]) -> dict[str, int]:
 def find_by_idempotency_key(session: Session, key: str) -> Message | None:
     """The message stored under idempotency ``key``, or ``None``."""
     return session.scalars(select(Message).where(Message.idempotency_key == key)).first()
+
+
+def new_row(draft: Draft, now: datetime) -> dict[str, Any]:
+    """The column values of a new message for ``draft`` (by column name), as ``create`` has them."""
+    message = _new_message(draft, now)
+    return {column.key: getattr(message, attribute) for attribute, column in _COLUMNS}
+
+
+def ids_by_idempotency_key(session: Session, keys: Sequence[str]) -> dict[str, str]:
+    """The id of the message stored under each of ``keys`` that is in use."""
+    query = select(Message.idempotency_key, Message.id).where(Message.idempotency_key.in_(keys))
+    return {key: message_id for key, message_id in session.execute(query) if key is not None}
