@@ -4,8 +4,9 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from postroom import db
 from postroom.db import create_db_engine, id_created_at, new_id, normalize_database_url
 from postroom.messages import Message
 
@@ -57,3 +58,39 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     engine.dispose()
+
+
+def _backend_pid(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_an_idle_pooled_connection_whose_server_side_died_is_replaced(
+    postgres_database_url, monkeypatch
+):
+    engine = create_db_engine(postgres_database_url)
+    killer = create_db_engine(postgres_database_url)
+    try:
+        first = _backend_pid(engine)
+        with killer.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        # the pooled connection is now idle "long enough": it is pinged, found dead, replaced
+        monkeypatch.setattr(db, "POOL_PING_AFTER_IDLE_SECONDS", 0.0)
+        assert _backend_pid(engine) != first
+    finally:
+        engine.dispose()
+        killer.dispose()
+
+
+def test_a_recently_used_pooled_connection_is_not_pinged(postgres_database_url, monkeypatch):
+    engine = create_db_engine(postgres_database_url)
+    pings: list[object] = []
+    monkeypatch.setattr(engine.dialect, "do_ping", pings.append)
+    try:
+        assert _backend_pid(engine) == _backend_pid(engine)
+        assert pings == []
+        monkeypatch.setattr(db, "POOL_PING_AFTER_IDLE_SECONDS", 0.0)
+        _backend_pid(engine)
+        assert len(pings) == 1
+    finally:
+        engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -14,7 +15,9 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
 from postroom.publishing import Publish
@@ -114,7 +117,35 @@ def create_db_engine(database_url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_size=5, max_overflow=10)
+    event.listen(engine, "connect", _note_idle_since)
+    event.listen(engine, "checkin", _note_idle_since)
+    event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+# A connection back from use less than this long ago is trusted without a round trip: a ping
+# on every checkout would double the cost of a one-statement send(). One idle for longer is
+# pinged first, so a database restart or an idle timeout is noticed before a statement fails.
+POOL_PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "postroom.idle_since"
+
+
+def _note_idle_since(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(
+    dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any
+) -> None:
+    idle_since = record.info.get(_IDLE_SINCE, 0.0)
+    if time.monotonic() - idle_since < POOL_PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        # the pool then discards this connection and checks out another, fresh if need be
+        raise DisconnectionError(f"pooled connection is gone: {type(error).__name__}") from error
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
