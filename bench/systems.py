@@ -132,16 +132,23 @@ class PostroomSystem:
 
     def send_bulk(self, addresses: list[str]) -> str:
         send_batch = getattr(self._client, "send_batch", None)
-        if send_batch is not None:
-            try:
-                send_batch([payload(to) for to in addresses], stream="bulk")
-                return "Postroom.send_batch(messages, stream='bulk')"
-            except TypeError:
-                # the bulk API exists but takes other arguments than these; say which
-                signature = inspect.signature(send_batch)
-                fallback = f"send() loop (send_batch{signature} not driven by bench yet)"
-        else:
+        if send_batch is None:
             fallback = "send(..., stream='bulk') loop (no send_batch yet)"
+        else:
+            messages = (payload(to) for to in addresses)  # built as read, as an app would
+            signature = inspect.signature(send_batch)
+            try:
+                # checked before the call: a TypeError from inside send_batch must not make
+                # the bench store the messages a second time through send()
+                signature.bind(messages, stream="bulk")
+            except TypeError:
+                fallback = f"send() loop (send_batch{signature} not driven by bench yet)"
+            else:
+                result = send_batch(messages, stream="bulk")
+                created = getattr(result, "created", len(addresses))
+                if created != len(addresses):
+                    raise RuntimeError(f"send_batch stored {created} of {len(addresses)}")
+                return "Postroom.send_batch(generator, stream='bulk')"
         for to in addresses:
             self.send(to, bulk=True)
         return fallback
