@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
+from html import unescape
 
 _SKIPPED = frozenset({"head", "script", "style", "template", "title"})
 _PARAGRAPHS = frozenset(
@@ -17,11 +17,17 @@ _LINES = frozenset(
 )  # fmt: skip
 
 
-class _TextExtractor(HTMLParser):
-    """Collects readable text: blocks become line breaks, links keep their address."""
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+class _TextExtractor:
+    """Collects readable text: blocks become line breaks, links keep their address.
+
+    Driven by ``_feed`` with the events ``html.parser.HTMLParser`` would report: tag names
+    and attribute names lower-cased, character references in text and values resolved.
+    """
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self._breaks = 0  # line breaks owed before the next text
         self._space = False  # a space is owed before the next text on the same line
@@ -91,6 +97,11 @@ class _TextExtractor(HTMLParser):
         elif text not in (href, shown):
             self.out.append(f" ({shown})")
 
+    def text(self) -> str:
+        """What was collected, with trailing spaces and runs of blank lines removed."""
+        lines = [line.rstrip() for line in "".join(self.out).split("\n")]
+        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
     def handle_data(self, data: str) -> None:
         if self._skip:
             return
@@ -105,10 +116,75 @@ class _TextExtractor(HTMLParser):
         self._space = data[-1:].isspace()
 
 
+# One token of HTML, as tolerant as html.parser: text; a comment, marked section, declaration
+# or processing instruction (skipped); an end tag; a start tag; markup that never closes (text
+# up to the next ">"); or a "<" that starts none of these.
+_TOKEN = re.compile(
+    r"""
+      (?P<text>[^<]+)
+    | <!--.*?--\s*>
+    | <!\[.*?\]\s*\]\s*>
+    | <!(?!--|\[)[^>]*>
+    | <\?[^>]*>
+    | </(?P<end>[a-zA-Z][^\t\n\r\f\x20/>\x00]*)[^>]*>
+    | </[^>]*>
+    | <(?P<start>[a-zA-Z][^\t\n\r\f\x20/>\x00]*)(?P<attrs>(?:=+\s*"[^"]*"|=+\s*'[^']*'|[^>])*)>
+    | (?P<broken><[a-zA-Z/!?](?:[^>]*>|[^<]*))
+    | (?P<lt><)
+    """,
+    re.DOTALL | re.VERBOSE,
+)
+_ATTRIBUTE = re.compile(r"""([^\s/>=][^\s/=>]*)(?:\s*=+\s*("[^"]*"|'[^']*'|[^\s>]*))?""")
+# Their content is raw text up to the matching end tag, never markup.
+_RAW_TEXT_END = {
+    "script": re.compile(r"</\s*script\s*>", re.IGNORECASE),
+    "style": re.compile(r"</\s*style\s*>", re.IGNORECASE),
+}
+
+
+def _attributes(source: str) -> list[tuple[str, str | None]]:
+    found: list[tuple[str, str | None]] = []
+    for attribute in _ATTRIBUTE.finditer(source):
+        name, value = attribute.groups()
+        if value is not None and value[:1] in ("'", '"'):
+            value = value[1:-1]
+        found.append((name.lower(), None if value is None else unescape(value)))
+    return found
+
+
+def _feed(extractor: _TextExtractor, html: str) -> None:
+    """Tokenize ``html`` and report each token to ``extractor``."""
+    position, length = 0, len(html)
+    match = _TOKEN.match
+    while position < length:
+        token = match(html, position)
+        assert token is not None  # the last alternative matches any "<"
+        position = token.end()
+        kind = token.lastgroup  # None for what is skipped
+        if kind == "text":
+            text = token.group()
+            extractor.handle_data(unescape(text) if "&" in text else text)
+        elif kind == "attrs":  # a start tag
+            tag, attrs = token["start"].lower(), token["attrs"]
+            extractor.handle_starttag(tag, _attributes(attrs) if "=" in attrs else [])
+            if attrs.endswith("/"):
+                extractor.handle_endtag(tag)
+            elif tag in _RAW_TEXT_END:
+                closing = _RAW_TEXT_END[tag].search(html, position)
+                end = closing.start() if closing else length
+                if end > position:
+                    extractor.handle_data(html[position:end])
+                if closing:
+                    extractor.handle_endtag(tag)
+                position = closing.end() if closing else length
+        elif kind == "end":
+            extractor.handle_endtag(token["end"].lower())
+        elif kind is not None:  # "broken" markup, or a lone "<": text
+            extractor.handle_data(unescape(token.group()))
+
+
 def html_to_text(html: str) -> str:
     """A plain-text rendering of ``html`` for the text/plain part of an email."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    lines = [line.rstrip() for line in "".join(parser.out).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    extractor = _TextExtractor()
+    _feed(extractor, html)
+    return extractor.text()
