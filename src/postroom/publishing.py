@@ -2,7 +2,9 @@
 
 ``send()`` returns once its row is committed; the task that carries the id is published by a
 background thread. Ids submitted while a publish is in flight wait for the next one and travel
-together, so a burst of sends becomes a few tasks instead of one each. A process that dies with
+together, and publishes are spaced at least ``min_interval`` apart, so a burst of sends becomes
+a few tasks instead of one each, and the publishing thread rarely competes with the sending
+threads for the interpreter; an isolated send is published at once. A process that dies with
 ids still pending loses nothing: their rows are committed, and the dispatch sweep publishes
 them again.
 """
@@ -13,6 +15,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -23,9 +26,12 @@ Publish = Callable[[str, list[str]], None]
 class BackgroundPublisher:
     """A per-process thread publishing ``(stream, ids)`` in batches of at most ``max_batch``."""
 
-    def __init__(self, publish: Publish, *, max_batch: int) -> None:
+    def __init__(self, publish: Publish, *, max_batch: int, min_interval: float = 0.0) -> None:
         self._publish = publish
         self._max_batch = max_batch
+        self._min_interval = min_interval
+        self._last_publish = float("-inf")
+        self._flushing = 0  # callers waiting in flush(): publish without spacing
         self._pending: dict[str, list[str]] = {}
         self._in_flight = 0
         self._condition = threading.Condition()
@@ -45,9 +51,14 @@ class BackgroundPublisher:
         with self._condition:
             if self._pid != os.getpid():
                 return True
-            return self._condition.wait_for(
-                lambda: not self._pending and not self._in_flight, timeout=timeout
-            )
+            self._flushing += 1
+            self._condition.notify_all()
+            try:
+                return self._condition.wait_for(
+                    lambda: not self._pending and not self._in_flight, timeout=timeout
+                )
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush, then stop the thread."""
@@ -67,6 +78,8 @@ class BackgroundPublisher:
             return
         self._pending = {}
         self._in_flight = 0
+        self._flushing = 0
+        self._last_publish = float("-inf")
         self._closed = False
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="postroom-publisher", daemon=True)
@@ -79,6 +92,12 @@ class BackgroundPublisher:
                 self._condition.wait_for(lambda: self._pending or self._closed)
                 if self._closed and not self._pending:
                     return
+                # ids submitted meanwhile join this publish
+                due = self._last_publish + self._min_interval
+                self._condition.wait_for(
+                    lambda: self._closed or self._flushing, timeout=due - time.monotonic()
+                )
+                self._last_publish = time.monotonic()
                 batches = [
                     (stream, ids[start : start + self._max_batch])
                     for stream, ids in self._pending.items()

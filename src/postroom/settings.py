@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     dispatch_limit: int = Field(default=10_000, ge=1)
     recover_interval_seconds: float = Field(default=30.0, gt=0)
     broker_timeout_seconds: float = Field(default=4.0, gt=0)
+    # Delivery tasks published by send() are at least this far apart; ids sent in between
+    # travel together. An isolated send() is published at once.
+    publish_interval_seconds: float = Field(default=0.02, ge=0, le=5)
 
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.utils.uuid import uuid
 
 from postroom.drafts import Stream
 
@@ -103,3 +104,34 @@ def create_celery(client: Postroom) -> Celery:
         client.recover_expired()
 
     return app
+
+
+def publish_deliver(app: Celery, stream: str, ids: list[str]) -> None:
+    """Publish one ``deliver(ids, stream)`` task straight to its stream's queue.
+
+    ``send_task`` would route through the ``postroom`` exchange (on Redis, a binding lookup
+    per message), fire publish signals and render the arguments for monitoring; a task that
+    carries ids needs none of it, and its publisher shares the process with the caller.
+    The message is the one ``send_task`` would publish, so any worker consumes it.
+    """
+    queue = app.amqp.queues[queue_for(stream)]
+    task_id = uuid()
+    message = app.amqp.as_task_v2(
+        task_id,
+        DELIVER_TASK,
+        args=(ids, stream),
+        argsrepr=f"[<{len(ids)} ids>, {stream!r}]",
+        kwargsrepr="{}",
+    )
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            message.body,
+            exchange="",  # the default exchange: the routing key names the queue
+            routing_key=queue.name,
+            declare=[queue],
+            serializer="json",
+            headers=message.headers,
+            retry=True,
+            retry_policy=app.conf.task_publish_retry_policy,
+            **message.properties,
+        )
