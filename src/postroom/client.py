@@ -27,7 +27,7 @@ from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign
 from postroom.publishing import BackgroundPublisher, Publish
 from postroom.settings import Settings
-from postroom.tasks import DELIVER_TASK, create_celery, queue_for
+from postroom.tasks import create_celery, publish_deliver
 from postroom.templates import Rendered, Template, TemplateRenderer
 from postroom.transports import Transport
 from postroom.transports.registry import RegistryConfig, TransportRegistry
@@ -59,7 +59,11 @@ class Postroom:
         self.clock = clock
         self._engines = EngineCache(self.settings.database_url)
         self._publish_override = publish
-        self._background = BackgroundPublisher(self._publish, max_batch=self.settings.batch_size)
+        self._background = BackgroundPublisher(
+            self._publish,
+            max_batch=self.settings.batch_size,
+            min_interval=self.settings.publish_interval_seconds,
+        )
         self._fixed_transport = transport
         self._registry: TransportRegistry | None = None
         self._limiter: tuple[int, Limiter] | None = None
@@ -476,7 +480,7 @@ class Postroom:
         if self._publish_override is not None:
             self._publish_override(stream, ids)
         else:
-            self.celery.send_task(DELIVER_TASK, args=[ids, stream], queue=queue_for(stream))
+            publish_deliver(self.celery, stream, ids)
 
     def close(self) -> None:
         """Publish what is pending, then close this process's database and transport connections."""
