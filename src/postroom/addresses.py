@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 from email.utils import getaddresses, parseaddr
 
+import email_validator
 import idna
 from email_validator import EmailNotValidError, validate_email
 
@@ -51,6 +53,9 @@ def normalize_address(value: str, *, field: str) -> str:
 def _normalize(value: str) -> str:
     reject_line_breaks(value, field=None)
     value = value.strip()
+    simple = _plain_ascii_address(value)
+    if simple is not None:
+        return simple
     if value.count("<") > 1 or len(getaddresses([value])) != 1:
         raise InvalidAddress("give exactly one address per entry")
     name, addr = parseaddr(value)
@@ -61,6 +66,34 @@ def _normalize(value: str) -> str:
     except EmailNotValidError as error:
         raise InvalidAddress(str(error)) from None
     return format_address(name.strip(), checked.normalized)
+
+
+# A bare address of the plainest kind: ASCII letters, digits and "_+-" in dot-separated local
+# words, and a host name under a letters-only top-level domain. email-validator accepts every
+# such address, and its normal form is the address with the domain lower-cased. Punycode
+# labels ("xn--") are left to email-validator, which turns them into Unicode.
+_PLAIN_ASCII = re.compile(
+    r"[A-Za-z0-9_+-]{1,64}(?:\.[A-Za-z0-9_+-]{1,64})*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+
+
+def _plain_ascii_address(value: str) -> str | None:
+    """The normal form of ``value`` if it is a plain ASCII address, else None.
+
+    Unique recipients (bulk sends) miss the cache, and email-validator costs more than the
+    rest of ``send()``: the plainest (and by far the commonest) addresses skip it.
+    """
+    if len(value) > 254 or not _PLAIN_ASCII.fullmatch(value) or "--" in value:
+        return None
+    local, _, domain = value.rpartition("@")
+    domain = domain.lower()
+    if len(local) > 64 or any(
+        domain == name or domain.endswith(f".{name}")
+        for name in email_validator.SPECIAL_USE_DOMAIN_NAMES
+    ):
+        return None
+    return f"{local}@{domain}"
 
 
 def normalize_addresses(
