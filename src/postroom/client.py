@@ -25,7 +25,7 @@ from postroom.html_text import html_to_text
 from postroom.limits import Limiter, limiter_for, redis_url_for_limits
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign
-from postroom.publishing import BackgroundPublisher, Publish
+from postroom.publishing import BackgroundPublisher, Publish, publish_or_leave_to_sweep
 from postroom.settings import Settings
 from postroom.tasks import create_celery, publish_deliver
 from postroom.templates import Rendered, Template, TemplateRenderer
@@ -137,6 +137,9 @@ class Postroom:
         if session is not None:
             draft = self._draft(session, content, template, context, locale, fields)
             return self._add(session, draft)
+        if template is None and not attachments and self._engines.dialect == "postgresql":
+            draft = self._draft(None, content, template, context, locale, fields)
+            return self._insert_alone(draft)
         with self._sessions_for_one_insert(attachments)() as own:
             draft = self._draft(own, content, template, context, locale, fields)
             message = self._add(own, draft)
@@ -150,9 +153,23 @@ class Postroom:
             return self._engines.autocommit_sessions
         return self.sessions
 
+    def _insert_alone(self, draft: Draft) -> Message:
+        # The common send(): one autocommit INSERT, without an ORM session or a transaction.
+        with self._engines.autocommit_engine.connect() as connection:
+            message = messages.insert_alone(connection, draft, now=self.clock())
+        if message is None:  # the idempotency key was used already
+            with self.sessions() as session:
+                existing = messages.find_by_idempotency_key(session, draft.idempotency_key or "")
+            if existing is None:  # deleted in between: nothing to return, nothing was stored
+                raise RuntimeError("idempotency key conflict without a stored message")
+            return existing
+        if message.status == MessageStatus.QUEUED:
+            publish_or_leave_to_sweep(self._submit, message.stream, [message.id])
+        return message
+
     def _draft(
         self,
-        session: Session,
+        session: Session | None,
         content: Content,
         template: str | None,
         context: Mapping[str, Any] | None,
@@ -172,6 +189,8 @@ class Postroom:
             raise MessageRejected(
                 "give a template or subject/text/html, not both", field="template"
             )
+        if session is None:
+            raise TypeError("a template is read in a session")
         stored = self._template(session, template, locale)
         # rendered at enqueue: errors reach the caller, and the stored content is what was sent
         rendered = self.renderer.render(stored, context or {})

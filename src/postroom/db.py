@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
-from postroom.publishing import Publish
+from postroom.publishing import Publish, publish_or_leave_to_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class EngineCache:
         self._pid: int | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._autocommit: sessionmaker[Session] | None = None
+        self._autocommit_engine: Engine | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -172,9 +173,8 @@ class EngineCache:
             self._sessions = create_session_factory(engine)
             # same pool; each statement commits on its own, so a single-statement write
             # costs one round trip instead of three (BEGIN, statement, COMMIT)
-            self._autocommit = create_session_factory(
-                engine.execution_options(isolation_level="AUTOCOMMIT")
-            )
+            self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit = create_session_factory(self._autocommit_engine)
             self._pid = os.getpid()
         return self._sessions
 
@@ -184,6 +184,13 @@ class EngineCache:
         self.sessions  # noqa: B018 - builds both factories for this process
         assert self._autocommit is not None
         return self._autocommit
+
+    @property
+    def autocommit_engine(self) -> Engine:
+        """The engine whose connections commit every statement on its own."""
+        self.sessions  # noqa: B018 - builds the engine for this process
+        assert self._autocommit_engine is not None
+        return self._autocommit_engine
 
     def dispose(self) -> None:
         """Close this process's pooled connections."""
@@ -202,12 +209,7 @@ class _PendingPublications:
     def flush(self) -> None:
         pending, self.by_stream = self.by_stream, {}
         for stream, ids in pending.items():
-            try:
-                self.publish(stream, ids)
-            except Exception:
-                # The rows are committed; the dispatch sweep publishes them again, so a broker
-                # outage delays these messages but loses none.
-                logger.warning("publishing %d message(s) failed; the sweep will retry", len(ids))
+            publish_or_leave_to_sweep(self.publish, stream, ids)
 
 
 _PENDING_KEY = "postroom.pending_publications"

@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import JSON, Index, Integer, String, Table, Text, bindparam, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql import Executable
 
@@ -155,8 +155,7 @@ def create(
     With an idempotency key already used, the existing message is returned and nothing is added.
     """
     now = now or utcnow()
-    message = _new_message(draft, now)
-    row = {column.key: getattr(message, attribute) for attribute, column in _COLUMNS}
+    message, row = _message_and_row(draft, now)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         params = {**row, "event_status": message.status, "event_at": now}
@@ -173,6 +172,24 @@ def create(
         return existing, False
     attachment_store.save(session, message.id, draft.attachments)
     return message, True
+
+
+def insert_alone(connection: Connection, draft: Draft, *, now: datetime) -> Message | None:
+    """Store ``draft`` (no attachments) with one statement on an autocommit PostgreSQL connection.
+
+    The statement is atomic on its own and writes the first event too, so no transaction and
+    no ORM session are needed. Returns ``None`` when the idempotency key was used already.
+    """
+    message, row = _message_and_row(draft, now)
+    params = {**row, "event_status": message.status, "event_at": now}
+    if connection.execute(_insert_statement("postgresql"), params).first() is None:
+        return None
+    return message
+
+
+def _message_and_row(draft: Draft, now: datetime) -> tuple[Message, dict[str, Any]]:
+    message = _new_message(draft, now)
+    return message, {column.key: getattr(message, attribute) for attribute, column in _COLUMNS}
 
 
 def _new_message(draft: Draft, now: datetime) -> Message:

@@ -23,6 +23,18 @@ logger = logging.getLogger(__name__)
 Publish = Callable[[str, list[str]], None]
 
 
+def publish_or_leave_to_sweep(publish: Publish, stream: str, ids: list[str]) -> None:
+    """Publish ``ids``; on failure log and return, since their committed rows are not lost.
+
+    The dispatch sweep publishes due messages whose task never left, so a broker outage
+    delays these messages but loses none.
+    """
+    try:
+        publish(stream, ids)
+    except Exception:
+        logger.warning("publishing %d message(s) failed; the sweep will retry", len(ids))
+
+
 class BackgroundPublisher:
     """A per-process thread publishing ``(stream, ids)`` in batches of at most ``max_batch``."""
 
@@ -106,12 +118,7 @@ class BackgroundPublisher:
                 self._pending = {}
                 self._in_flight = len(batches)
             for stream, ids in batches:
-                try:
-                    self._publish(stream, ids)
-                except Exception:
-                    logger.warning(
-                        "publishing %d message(s) failed; the sweep will retry", len(ids)
-                    )
+                publish_or_leave_to_sweep(self._publish, stream, ids)
                 with self._condition:
                     self._in_flight -= 1
                     self._condition.notify_all()
