@@ -55,6 +55,9 @@ class Row:
         return self.postroom / self.seeds
 
 
+PHASES = ("e2e", "api", "bulk", "rate")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -66,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=int(env("BENCH_BULK", "20000")),
         help="bulk backlog; it must outlast the transactional sends for both systems",
+    )
+    parser.add_argument(
+        "--only",
+        choices=PHASES,
+        action="append",
+        help="run only this group of phases (repeatable); the table leaves the rest empty",
     )
     parser.add_argument("--transactional", type=int, default=50)
     parser.add_argument("--transactional-interval", type=float, default=0.1)
@@ -121,7 +130,8 @@ def run_phases(
     """Every measurement, postroom first then the seeds for each; raw results by phase."""
     results: dict[str, dict[str, Any]] = {}
     systems: tuple[System, ...] = (postroom, seeds)
-    for concurrency in (1, 2):
+    wanted = set(args.only or PHASES)
+    for concurrency in (1, 2) if "e2e" in wanted else ():
         for system in systems:
             results[f"e2e_c{concurrency}_{system.name}"] = attempt(
                 f"end to end, {args.messages} messages, 1 worker of {concurrency}: {system.name}",
@@ -129,7 +139,7 @@ def run_phases(
                     measure.end_to_end, lab, system, messages=args.messages, concurrency=concurrency
                 ),
             )
-    if args.sqlite:
+    if args.sqlite and "e2e" in wanted:
         sqlite = PostroomSystem(lab, "sqlite")
         results["e2e_c2_postroom_sqlite"] = attempt(
             f"end to end, {args.messages} messages, 1 worker of 2: postroom on SQLite",
@@ -138,14 +148,14 @@ def run_phases(
             ),
         )
         sqlite.close()
-    for system in systems:
+    for system in systems if "api" in wanted else ():
         results[f"api_{system.name}"] = attempt(
             f"POST /v1/messages x{args.api_requests}, {args.api_clients} clients: {system.name}",
             functools.partial(
                 measure.api_load, lab, system, requests=args.api_requests, clients=args.api_clients
             ),
         )
-    for system in systems:
+    for system in systems if "bulk" in wanted else ():
         results[f"bulk_{system.name}"] = attempt(
             f"bulk backlog of {args.bulk}, then {args.transactional} transactional: {system.name}",
             functools.partial(
@@ -157,7 +167,7 @@ def run_phases(
                 interval=args.transactional_interval,
             ),
         )
-    for system in systems:
+    for system in systems if "rate" in wanted else ():
         if system is postroom and not postroom.supports_limits():
             results["rate_postroom"] = {"skipped": "n/a (limits not built)"}
             continue
