@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
+from email import quoprimime
 from email.headerregistry import Address
 from email.policy import SMTP
 
@@ -344,3 +345,11 @@ def test_address_headers_fold_exactly_and_simple_names_without_the_stdlib(monkey
             simple += mime_fast._SPECIALS.isdisjoint(name)
             assert not delegated or not mime_fast._SPECIALS.isdisjoint(name), pairs
     assert simple > 800
+
+
+def test_quoted_printable_lines_are_encoded_exactly_as_the_stdlib_does():
+    chooser = random.Random(20261203)
+    alphabet = "aZ9 =\t.~é\x00\x7f\xff-" + "x" * 20
+    for _ in range(20000):
+        line = "".join(chooser.choices(alphabet, k=chooser.randint(0, 200)))
+        assert mime_fast._quoted_printable_line(line) == quoprimime.body_encode(line, 78), line

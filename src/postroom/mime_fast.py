@@ -388,38 +388,38 @@ def _encode_body(text: str) -> tuple[str, bytes]:
     if max(map(len, lines), default=0) <= _MAX:
         body = b"\r\n".join(lines) + b"\r\n"
         return ("7bit" if body.isascii() else "8bit"), body
-    # The stdlib compares the first ten lines encoded both ways. Lines are quoted-printable
-    # encoded one by one, so those ten are a prefix of the whole body's encoding: encode once.
-    quoted = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _MAX)
+    # The stdlib compares the first ten lines encoded both ways. Quoted-printable encodes each
+    # line on its own, so the first ten are read off the whole body's encoding.
+    quoted = [_quoted_printable_line(line.decode("latin-1")) for line in lines]
     sniff_bytes = sum(map(len, lines[:10])) + 2 * min(len(lines), 10)
-    if _prefix_of_lines(quoted, 10) > (sniff_bytes + 2) // 3 * 4 + 1:  # len(b2a_base64(sniff))
+    sniff_quoted = sum(map(len, quoted[:10])) + min(len(lines), 10)  # and an LF each
+    if sniff_quoted > (sniff_bytes + 2) // 3 * 4 + 1:  # len(b2a_base64(sniff))
         data = b"\r\n".join(lines) + b"\r\n"
         return "base64", b"".join(
             binascii.b2a_base64(data[i : i + _BASE64_LINE], newline=False) + b"\r\n"
             for i in range(0, len(data), _BASE64_LINE)
         )
-    # The generator writes every line ending of the payload as CRLF. body_encode ends lines
-    # with LF and escapes a lone CR, so the plain replace is the usual case.
-    if "\r" in quoted:
-        return "quoted-printable", _LINE_ENDS.sub("\r\n", quoted).encode("ascii")
-    return "quoted-printable", quoted.replace("\n", "\r\n").encode("ascii")
+    # soft line breaks come back as LF, like hard ones: the generator writes both as CRLF
+    body = "\n".join(quoted).replace("\n", "\r\n") + "\r\n"
+    return "quoted-printable", body.encode("ascii")
 
 
-# A hard line break of body_encode's output: a soft one is "=" then the line end, and a
-# literal "=" is always written as "=3D", so an LF after "=" is never a hard break.
-_HARD_BREAK = re.compile(r"(?<!=)\n")
+# Characters quoted-printable writes as they are: printable ASCII but "=", space and tab.
+_QP_LITERAL = re.compile(r"[\t -<>-~]*")
+_QP_TABLE = {code: f"={code:02X}" for code in range(256) if not _QP_LITERAL.fullmatch(chr(code))}
 
 
-def _prefix_of_lines(quoted: str, count: int) -> int:
-    """Length of ``quoted`` up to and including its ``count``-th hard line break."""
-    end = len(quoted)
-    for number, found in enumerate(_HARD_BREAK.finditer(quoted), start=1):
-        if number == count:
-            return found.end()
-    return end
+def _quoted_printable_line(line: str) -> str:
+    """``quoprimime.body_encode`` of one line without its line break (``line`` is latin-1).
 
-
-_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+    The stdlib translates through a 256-entry table and walks every line in Python; a short
+    printable line, the usual case, needs neither.
+    """
+    encoded = line.replace("=", "=3D") if _QP_LITERAL.fullmatch(line) else line.translate(_QP_TABLE)
+    if len(encoded) <= _MAX and not encoded.endswith((" ", "\t")):
+        return encoded
+    # long lines get soft breaks, and trailing whitespace is encoded: the stdlib's own rules
+    return quoprimime.body_encode(line, _MAX)
 
 
 def _part(subtype: str, text: str, *, mime_version: bool) -> bytes:
