@@ -22,7 +22,6 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from email import quoprimime
 from email.headerregistry import Address, HeaderRegistry
 from email.policy import SMTP
 from email.utils import format_datetime, parsedate_to_datetime
@@ -410,16 +409,43 @@ _QP_TABLE = {code: f"={code:02X}" for code in range(256) if not _QP_LITERAL.full
 
 
 def _quoted_printable_line(line: str) -> str:
-    """``quoprimime.body_encode`` of one line without its line break (``line`` is latin-1).
+    """``quoprimime.body_encode(line, 78)`` of one line without its break (``line`` is latin-1).
 
-    The stdlib translates through a 256-entry table and walks every line in Python; a short
-    printable line, the usual case, needs neither.
+    The stdlib translates through a 256-entry table; a printable line, the usual case, only
+    needs its "=" escaped. Soft breaks are placed by the stdlib's rules: pieces of at most 77
+    characters and an "=", never splitting an "=XX" escape, and a space or tab ending the line
+    encoded (with a soft break first when there is no room for it).
     """
     encoded = line.replace("=", "=3D") if _QP_LITERAL.fullmatch(line) else line.translate(_QP_TABLE)
-    if len(encoded) <= _MAX and not encoded.endswith((" ", "\t")):
+    ends_in_blank = encoded.endswith((" ", "\t"))
+    if len(encoded) <= _MAX and not ends_in_blank:
         return encoded
-    # long lines get soft breaks, and trailing whitespace is encoded: the stdlib's own rules
-    return quoprimime.body_encode(line, _MAX)
+    pieces = []
+    start, last_start = 0, len(encoded) - 1 - _MAX
+    while start <= last_start:
+        stop = start + _MAX - 1
+        if encoded[stop - 2] == "=":  # an escape would be split: its "=" ends this piece
+            pieces.append(encoded[start : stop - 1])
+            start = stop - 2
+        elif encoded[stop - 1] == "=":
+            pieces.append(encoded[start:stop])
+            start = stop - 1
+        else:
+            pieces.append(encoded[start:stop] + "=")
+            start = stop
+    if not ends_in_blank:
+        pieces.append(encoded[start:])
+        return "\n".join(pieces)
+    blank = encoded[-1]
+    room = start - last_start
+    if room >= 3:
+        tail = f"={ord(blank):02X}"
+    elif room == 2:
+        tail = f"{blank}=\n"
+    else:
+        tail = f"=\n={ord(blank):02X}"
+    pieces.append(encoded[start:-1] + tail)
+    return "\n".join(pieces)
 
 
 def _part(subtype: str, text: str, *, mime_version: bool) -> bytes:
