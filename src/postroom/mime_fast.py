@@ -399,24 +399,33 @@ def _encode_body(text: str) -> tuple[str, bytes]:
             for i in range(0, len(data), _BASE64_LINE)
         )
     # soft line breaks come back as LF, like hard ones: the generator writes both as CRLF
-    body = "\n".join(quoted).replace("\n", "\r\n") + "\r\n"
-    return "quoted-printable", body.encode("ascii")
+    joined = "\n".join(quoted).replace("\n", "\r\n") + "\r\n"
+    return "quoted-printable", joined.encode("ascii")
 
 
 # Characters quoted-printable writes as they are: printable ASCII but "=", space and tab.
 _QP_LITERAL = re.compile(r"[\t -<>-~]*")
-_QP_TABLE = {code: f"={code:02X}" for code in range(256) if not _QP_LITERAL.fullmatch(chr(code))}
+_QP_ESCAPED = re.compile(r"[^\t -<>-~]")
+_QP_ESCAPES = {chr(c): f"={c:02X}" for c in range(256) if _QP_ESCAPED.fullmatch(chr(c))}
+
+
+def _qp_escape(match: re.Match[str]) -> str:
+    return _QP_ESCAPES[match[0]]
 
 
 def _quoted_printable_line(line: str) -> str:
     """``quoprimime.body_encode(line, 78)`` of one line without its break (``line`` is latin-1).
 
-    The stdlib translates through a 256-entry table; a printable line, the usual case, only
-    needs its "=" escaped. Soft breaks are placed by the stdlib's rules: pieces of at most 77
-    characters and an "=", never splitting an "=XX" escape, and a space or tab ending the line
-    encoded (with a soft break first when there is no room for it).
+    The stdlib translates every character through a 256-entry table; a printable line, the
+    usual case, only needs its "=" escaped, and any other line only its few odd characters.
+    Soft breaks are placed by the stdlib's rules: pieces of at most 77 characters and an "=",
+    never splitting an "=XX" escape, and a space or tab ending the line encoded (with a soft
+    break first when there is no room for it).
     """
-    encoded = line.replace("=", "=3D") if _QP_LITERAL.fullmatch(line) else line.translate(_QP_TABLE)
+    if _QP_LITERAL.fullmatch(line):
+        encoded = line.replace("=", "=3D")
+    else:  # a few characters to escape in a long run: cheaper than a table translation
+        encoded = _QP_ESCAPED.sub(_qp_escape, line)
     ends_in_blank = encoded.endswith((" ", "\t"))
     if len(encoded) <= _MAX and not ends_in_blank:
         return encoded
