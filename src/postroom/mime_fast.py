@@ -389,7 +389,7 @@ def _encode_body(text: str) -> tuple[str, bytes]:
         return ("7bit" if body.isascii() else "8bit"), body
     # The stdlib compares the first ten lines encoded both ways. Quoted-printable encodes each
     # line on its own, so the first ten are read off the whole body's encoding.
-    quoted = [_quoted_printable_line(line.decode("latin-1")) for line in lines]
+    quoted = _quoted_printable_lines(b"\n".join(lines).decode("latin-1"))
     sniff_bytes = sum(map(len, lines[:10])) + 2 * min(len(lines), 10)
     sniff_quoted = sum(map(len, quoted[:10])) + min(len(lines), 10)  # and an LF each
     if sniff_quoted > (sniff_bytes + 2) // 3 * 4 + 1:  # len(b2a_base64(sniff))
@@ -403,9 +403,10 @@ def _encode_body(text: str) -> tuple[str, bytes]:
     return "quoted-printable", joined.encode("ascii")
 
 
-# Characters quoted-printable writes as they are: printable ASCII but "=", space and tab.
-_QP_LITERAL = re.compile(r"[\t -<>-~]*")
-_QP_ESCAPED = re.compile(r"[^\t -<>-~]")
+# Characters quoted-printable writes as they are: printable ASCII but "=", space and tab (and
+# the line feeds between lines, which it keeps).
+_QP_LITERAL = re.compile(r"[\t\n -<>-~]*")
+_QP_ESCAPED = re.compile(r"[^\t\n -<>-~]")
 _QP_ESCAPES = {chr(c): f"={c:02X}" for c in range(256) if _QP_ESCAPED.fullmatch(chr(c))}
 
 
@@ -413,22 +414,30 @@ def _qp_escape(match: re.Match[str]) -> str:
     return _QP_ESCAPES[match[0]]
 
 
-def _quoted_printable_line(line: str) -> str:
-    """``quoprimime.body_encode(line, 78)`` of one line without its break (``line`` is latin-1).
+def _quoted_printable_lines(text: str) -> list[str]:
+    """The lines of ``quoprimime.body_encode(text + "\\n", 78)`` (``text`` is latin-1).
 
-    The stdlib translates every character through a 256-entry table; a printable line, the
-    usual case, only needs its "=" escaped, and any other line only its few odd characters.
-    Soft breaks are placed by the stdlib's rules: pieces of at most 77 characters and an "=",
-    never splitting an "=XX" escape, and a space or tab ending the line encoded (with a soft
-    break first when there is no room for it).
+    The stdlib translates every character through a 256-entry table and walks every line in
+    Python. Here the whole text is escaped at once (a printable text, the usual case, only
+    needs its "=" escaped), and only lines too long or ending in a space or tab are walked.
     """
-    if _QP_LITERAL.fullmatch(line):
-        encoded = line.replace("=", "=3D")
-    else:  # a few characters to escape in a long run: cheaper than a table translation
-        encoded = _QP_ESCAPED.sub(_qp_escape, line)
+    if _QP_LITERAL.fullmatch(text):
+        escaped = text.replace("=", "=3D")
+    else:
+        escaped = _QP_ESCAPED.sub(_qp_escape, text)
+    return [
+        line if len(line) <= _MAX and not line.endswith((" ", "\t")) else _soft_breaks(line)
+        for line in escaped.split("\n")
+    ]
+
+
+def _soft_breaks(encoded: str) -> str:
+    """One escaped line cut as the stdlib cuts it, its pieces joined by soft line breaks.
+
+    Pieces are at most 77 characters and an "=", never splitting an "=XX" escape; a space or
+    tab ending the line is encoded (after a soft break when there is no room for it).
+    """
     ends_in_blank = encoded.endswith((" ", "\t"))
-    if len(encoded) <= _MAX and not ends_in_blank:
-        return encoded
     pieces = []
     start, last_start = 0, len(encoded) - 1 - _MAX
     while start <= last_start:
