@@ -9,18 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     String,
-    case,
     cast,
-    false,
     insert,
     literal,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -50,23 +47,25 @@ def claim_due(
     if limit <= 0 or (not ids and stream is None):
         return []
     due = (Message.status.in_(CLAIMABLE), Message.next_attempt_at <= now)
-    wanted: ColumnElement[bool] = Message.id.in_(ids) if ids else false()
-    order: list[ColumnElement[Any]] = [Message.next_attempt_at.asc()]
+    # Each part locks its rows; PostgreSQL lets concurrent workers skip each other's rows
+    # instead of queueing on them. The top-up reads the stream's index in order and stops at
+    # the limit: sorting every due row would cost a scan of the whole backlog per batch.
+    parts = []
+    if ids:
+        wanted = select(Message.id, literal(0).label("rank")).where(Message.id.in_(ids), *due)
+        parts.append(wanted.with_for_update(skip_locked=True).cte("wanted"))
     if stream is not None:
-        wanted = or_(wanted, Message.stream == stream)
-        if ids:
-            order.insert(0, case((Message.id.in_(ids), 0), else_=1))
-    candidates = (
-        select(Message.id)
-        .where(*due, wanted)
-        .order_by(*order)
-        .limit(limit)
-        # PostgreSQL: concurrent workers skip each other's rows instead of queueing on them
-        .with_for_update(skip_locked=True)
-    )
+        oldest = (
+            select(Message.id, literal(1).label("rank"))
+            .where(Message.stream == stream, *due, Message.id.not_in(ids))
+            .order_by(Message.next_attempt_at)
+            .limit(limit)
+        )
+        parts.append(oldest.with_for_update(skip_locked=True).cte("oldest"))
+    both = union_all(*(select(part.c.id, part.c.rank) for part in parts)).subquery()
     # A CTE, evaluated once: as a plain IN (subquery) PostgreSQL may re-run the locking
     # subquery per row, each run skipping the rows just claimed, and so ignore the LIMIT.
-    batch = candidates.cte("batch")
+    batch = select(both.c.id).order_by(both.c.rank).limit(limit).cte("batch")
     claim = (
         update(Message)
         .where(Message.id.in_(select(batch.c.id)), *due)
@@ -169,7 +168,11 @@ def recover_expired(session: Session, *, now: datetime, max_attempts: int) -> in
         update(Message)
         .where(*expired, Message.attempts >= max_attempts)
         .values(
-            status=MessageStatus.FAILED.value, lease_until=None, updated_at=now, last_error=detail
+            status=MessageStatus.FAILED.value,
+            lease_until=None,
+            next_attempt_at=None,
+            updated_at=now,
+            last_error=detail,
         )
         .returning(Message.id)
         .execution_options(synchronize_session=False)

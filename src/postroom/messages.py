@@ -59,6 +59,9 @@ class Message(Base):
     __table_args__ = (
         # claim_due and the dispatch sweep: "status IN (...) AND next_attempt_at <= now"
         Index("ix_postroom_messages_due", "status", "next_attempt_at"),
+        # claim_due's top-up: the oldest due messages of one stream, read in index order
+        # (sent, failed and cancelled rows have no next_attempt_at, so they are not even read)
+        Index("ix_postroom_messages_stream_due", "stream", "next_attempt_at"),
         # recover_expired: "status = 'sending' AND lease_until < now"
         Index("ix_postroom_messages_lease", "status", "lease_until"),
     )
