@@ -43,7 +43,8 @@ class NewApiKey:
     secret: str
 
 
-def _digest(secret: str) -> str:
+def key_digest(secret: str) -> str:
+    """The SHA-256 hex digest stored for ``secret``: what a key is looked up (and cached) by."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -55,7 +56,7 @@ def create_key(session: Session, name: str) -> NewApiKey:
     key = ApiKey(
         id=new_id(),
         name=name.strip(),
-        digest=_digest(secret),
+        digest=key_digest(secret),
         hint=secret[:10],
         created_at=utcnow(),
     )
@@ -66,7 +67,11 @@ def create_key(session: Session, name: str) -> NewApiKey:
 
 def authenticate(session: Session, secret: str) -> ApiKey | None:
     """The live key matching ``secret``, or ``None``."""
-    digest = _digest(secret)
+    return find_live_key(session, key_digest(secret))
+
+
+def find_live_key(session: Session, digest: str) -> ApiKey | None:
+    """The live key whose digest is ``digest`` (from ``key_digest``), or ``None``."""
     key = session.scalars(select(ApiKey).where(ApiKey.digest == digest)).first()
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.digest, digest):
         return None
@@ -79,7 +84,11 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: str) -> ApiKey:
-    """Revoke a key by id (revoking twice is harmless); ``ApiKeyNotFound`` if there is none."""
+    """Revoke a key by id (revoking twice is harmless); ``ApiKeyNotFound`` if there is none.
+
+    A running API refuses the key within ``postroom.api.auth.KEY_CACHE_SECONDS`` of the commit:
+    each API process trusts a key it has checked for that long.
+    """
     session.execute(
         update(ApiKey)
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))

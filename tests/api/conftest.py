@@ -24,6 +24,16 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 MINIMAL = {"to": "ada@example.com", "subject": "Hello", "text": "Hi Ada"}
 
 
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def new_key(client: Postroom, name: str = "tests") -> str:
     """Create an API key in the client's database and return the secret."""
     with client.sessions.begin() as session:

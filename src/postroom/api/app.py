@@ -7,11 +7,15 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 
 from postroom.api import dev_inbox, health, messages, templates
+from postroom.api.auth import KeyCache
 from postroom.api.errors import install_error_handlers
 from postroom.api.schemas import SendRequest
 from postroom.client import Postroom
@@ -22,19 +26,33 @@ Durable background email. A message accepted here (**202**) is committed to the 
 the answer is sent, and delivered by Celery workers with retries.
 
 Authenticate every `/v1` request with `Authorization: Bearer <api key>`; create keys with
-`postroom keys create --name NAME`. Errors share one shape:
+`postroom keys create --name NAME`. Each API process trusts a key it has checked for a few
+seconds (5 by default), so a revoked key is refused within that time. Errors share one shape:
 `{"error": {"type": ..., "message": ..., "field": ...}}`; template errors add
 `"template": {"name": ..., "version": ..., "line": ...}`.
 """
 
 
-def create_app(settings: Settings, *, client: Postroom | None = None) -> FastAPI:
-    """The API on ``settings``; ``client`` replaces the one built from them (tests, embedding)."""
+def create_app(
+    settings: Settings, *, client: Postroom | None = None, key_cache: KeyCache | None = None
+) -> FastAPI:
+    """The API on ``settings``; ``client`` replaces the one built from them (tests, embedding).
+
+    ``key_cache`` replaces the default cache of checked API keys (``KeyCache()``: trusted for
+    ``KEY_CACHE_SECONDS``); ``KeyCache(0)`` checks the database on every request.
+    """
     owned = client is None
     postroom = client if client is not None else Postroom(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Every blocking call of this API (sync routes, key lookups, sends) holds a database
+        # connection. More threads than the pool keeps would only wait for one, or open an
+        # overflow connection and close it again on every burst (a new PostgreSQL backend each
+        # time); and under the GIL more threads run no more Python at once.
+        threads = _pooled_connections(postroom)
+        if threads is not None:
+            to_thread.current_default_thread_limiter().total_tokens = threads
         yield
         # A client passed in belongs to the caller, who closes it.
         if owned:
@@ -48,6 +66,7 @@ def create_app(settings: Settings, *, client: Postroom | None = None) -> FastAPI
     )
     app.state.settings = settings
     app.state.client = postroom
+    app.state.key_cache = key_cache if key_cache is not None else KeyCache()
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(messages.router)
@@ -56,6 +75,13 @@ def create_app(settings: Settings, *, client: Postroom | None = None) -> FastAPI
         app.include_router(dev_inbox.router)
     _document_schemas(app, [SendRequest])
     return app
+
+
+def _pooled_connections(client: Postroom) -> int | None:
+    """How many connections the client's database pool keeps open; None if it has no such size."""
+    bind = client.sessions.kw.get("bind")
+    pool = bind.pool if isinstance(bind, Engine) else None
+    return pool.size() if isinstance(pool, QueuePool) else None
 
 
 def _document_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
