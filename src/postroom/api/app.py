@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 from postroom.api import dev_inbox, health, messages, templates
@@ -19,6 +21,7 @@ from postroom.api.auth import KeyCache
 from postroom.api.errors import install_error_handlers
 from postroom.api.schemas import SendRequest
 from postroom.client import Postroom
+from postroom.db import normalize_database_url
 from postroom.settings import Settings
 
 DESCRIPTION = """\
@@ -75,6 +78,31 @@ def create_app(
         app.include_router(dev_inbox.router)
     _document_schemas(app, [SendRequest])
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The API on settings from ``POSTROOM_*`` variables and ``.env``: an ASGI app factory.
+
+    For servers that import the app in each of their processes, such as
+    ``uvicorn --factory postroom.api.app:create_app_from_env`` (what ``postroom api --workers``
+    runs).
+    """
+    return create_app(Settings())
+
+
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers(settings: Settings) -> int:
+    """How many server processes suit the database: what ``postroom api`` runs by default.
+
+    One process runs Python on one CPU at a time, so on PostgreSQL there is one per CPU, up to
+    ``MAX_DEFAULT_WORKERS``: each keeps its own pool of connections, and PostgreSQL allows 100
+    by default. SQLite takes one writer at a time: more processes would only queue for its lock.
+    """
+    if make_url(normalize_database_url(settings.database_url)).get_backend_name() == "sqlite":
+        return 1
+    return min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
 
 
 def _pooled_connections(client: Postroom) -> int | None:

@@ -92,15 +92,29 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         host: str | None = typer.Option(None, help="Defaults to POSTROOM_API_HOST."),
         port: int | None = typer.Option(None, help="Defaults to POSTROOM_API_PORT."),
+        workers: int | None = typer.Option(
+            None,
+            "--workers",
+            "-w",
+            min=1,
+            help="Server processes. Defaults to one per CPU (at most 4) on PostgreSQL, one on "
+            "SQLite.",
+        ),
     ) -> None:
         """Serve the REST API (and OpenAPI docs at /docs)."""
         import uvicorn
 
-        from postroom.api.app import create_app
+        from postroom.api.app import create_app, default_workers
 
         settings = state(ctx).settings
+        processes = workers if workers is not None else default_workers(settings)
+        # Several processes each build their own app (and database pool) from a factory: read
+        # from the same environment and .env, their settings are the ones this command read.
+        target = create_app(settings) if processes == 1 else "postroom.api.app:create_app_from_env"
         uvicorn.run(
-            create_app(settings),
+            target,
+            factory=processes > 1,
+            workers=processes,
             host=host or settings.api_host,
             port=port if port is not None else settings.api_port,
             log_level="info",
