@@ -38,8 +38,10 @@ def new_id() -> str:
     part is incremented instead of redrawn), so "newest first" and id cursors stay exact.
     """
     global _last_id
+    # drawn outside the lock: os.urandom releases the GIL, and other threads would queue
+    random_bits = secrets.randbits(80)
     with _last_id_lock:
-        value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+        value = (time.time_ns() // 1_000_000) << 80 | random_bits
         if value <= _last_id:
             value = _last_id + 1
         _last_id = value
