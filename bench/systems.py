@@ -188,7 +188,9 @@ class PostroomSystem:
         with self._client.sessions.begin() as session:
             secret = create_key(session, "bench").secret
         port = free_port()
+        # one server process, as the seeds' uvicorn runs: the load generator shares the cores
         argv = [sys.executable, "-m", "postroom.cli.main", "api", "--port", str(port)]
+        argv += ["--workers", "1"]
         proc = self.lab.start("postroom-api", argv, env=self._env(), cwd=self._cwd())
         wait_for_port(port, process=proc)
         return proc, f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {secret}"}
