@@ -30,7 +30,7 @@ fmt: $(INSTALLED)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-# postroom against the seeds' pattern, in one run (~5 min on 2 cores); options after BENCH_ARGS=,
+# postroom against the seeds' pattern, in one run (~10 min on 2 cores); options after BENCH_ARGS=,
 # e.g. `make bench BENCH_ARGS="--messages 1000 --sqlite"` (see `python -m bench --help`).
 # smtp-sink is unpacked from Debian's postfix package; no Postfix daemon is installed or run.
 bench: $(INSTALLED) services

@@ -61,7 +61,8 @@ PHASES = ("e2e", "api", "bulk", "rate")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--messages", type=int, default=int(env("BENCH_MESSAGES", "3000")))
+    # postroom drains 3,000 in about a second: too short a window for a steady rate
+    parser.add_argument("--messages", type=int, default=int(env("BENCH_MESSAGES", "10000")))
     parser.add_argument("--api-requests", type=int, default=int(env("BENCH_API_REQUESTS", "2000")))
     parser.add_argument("--api-clients", type=int, default=50)
     parser.add_argument(
