@@ -4,7 +4,8 @@ PostroomError
 ├── ConfigurationError              at startup: bad settings, unknown transport scheme
 ├── MessageRejected (ValueError)    the caller's input; nothing was stored
 │   ├── InvalidAddress  ├── HeaderInjection  ├── MessageTooLarge  ├── TemplateError
-│   └── UnknownTransport            ``transport=`` names no configured transport
+│   ├── UnknownTransport            ``transport=`` names no configured transport
+│   └── BatchItemRejected           (batches.py) one item of ``send_batch``; earlier items stored
 ├── MessageNotFound (LookupError)
 ├── TemplateNotFound (LookupError)  no version of that template in the requested locale chain
 ├── InvalidTransition               e.g. cancel() on a message that was already sent

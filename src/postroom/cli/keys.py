@@ -64,7 +64,11 @@ def list_(ctx: typer.Context) -> None:
 @app.command()
 @exits_on_errors
 def revoke(ctx: typer.Context, key_id: str = typer.Argument(..., help="The key's id.")) -> None:
-    """Revoke a key: requests presenting it are refused from now on."""
+    """Revoke a key: requests presenting it are refused within 5 seconds.
+
+    Each API process remembers a valid key for up to 5 seconds, to spare a database lookup
+    per request.
+    """
     client = state(ctx).client()
     with client.sessions.begin() as session:
         key = api_keys.revoke_key(session, key_id)
