@@ -3,9 +3,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from postroom.client import Postroom
+from postroom.db import create_db_engine
 from postroom.errors import InvalidAddress
 from postroom.messages import Message, MessageStatus
 from tests.servers import free_port
@@ -77,3 +79,29 @@ def test_the_module_level_functions_use_the_configured_client(make_settings, sql
     finally:
         configured.close()
         postroom._default_client = None
+
+
+def test_a_send_on_a_connection_the_server_dropped_fails_cleanly_and_the_next_one_works(
+    make_settings, postgres_database_url
+):
+    client = Postroom(make_settings(database_url=postgres_database_url), publish=lambda *_: None)
+    first = client.send("a@example.com", "Hi", text="x")
+    engine = create_db_engine(postgres_database_url)
+    try:
+        with engine.begin() as connection:
+            # the pooled connection send() used, used again within a second: no ping first
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        with pytest.raises(OperationalError) as raised:
+            client.send("b@example.com", "Hi", text="x")
+        assert raised.value.connection_invalidated
+        assert "b@example.com" not in str(raised.value)  # parameters are never shown
+        second = client.send("c@example.com", "Hi", text="x")
+        assert {m.id for m in client.list_messages()} == {first.id, second.id}
+    finally:
+        engine.dispose()
+        client.close()

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom import batches, claims, messages, templates
@@ -155,8 +156,31 @@ class Postroom:
 
     def _insert_alone(self, draft: Draft) -> Message:
         # The common send(): one autocommit INSERT, without an ORM session or a transaction.
-        with self._engines.autocommit_engine.connect() as connection:
-            message = messages.insert_alone(connection, draft, now=self.clock())
+        engine = self._engines.engine
+        pooled = engine.raw_connection()
+        driver: Any = pooled.dbapi_connection
+        try:
+            driver.autocommit = True  # a local switch: the connection is idle
+            try:
+                message = messages.insert_alone(driver, engine.dialect, draft, now=self.clock())
+            finally:
+                driver.autocommit = False
+        except engine.dialect.loaded_dbapi.Error as error:
+            # as SQLAlchemy would: a lost connection leaves the pool, and the error is wrapped
+            disconnected = engine.dialect.is_disconnect(error, driver, None)
+            if disconnected:
+                pooled.invalidate(error)
+            raise DBAPIError.instance(
+                None,
+                None,
+                error,
+                engine.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=disconnected,
+                dialect=engine.dialect,
+            ) from error
+        finally:
+            pooled.close()
         if message is None:  # the idempotency key was used already
             with self.sessions() as session:
                 existing = messages.find_by_idempotency_key(session, draft.idempotency_key or "")

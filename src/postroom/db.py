@@ -165,7 +165,6 @@ class EngineCache:
         self._pid: int | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._autocommit: sessionmaker[Session] | None = None
-        self._autocommit_engine: Engine | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -175,8 +174,9 @@ class EngineCache:
             self._sessions = create_session_factory(engine)
             # same pool; each statement commits on its own, so a single-statement write
             # costs one round trip instead of three (BEGIN, statement, COMMIT)
-            self._autocommit_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._autocommit = create_session_factory(self._autocommit_engine)
+            self._autocommit = create_session_factory(
+                engine.execution_options(isolation_level="AUTOCOMMIT")
+            )
             self._pid = os.getpid()
         return self._sessions
 
@@ -188,11 +188,11 @@ class EngineCache:
         return self._autocommit
 
     @property
-    def autocommit_engine(self) -> Engine:
-        """The engine whose connections commit every statement on its own."""
-        self.sessions  # noqa: B018 - builds the engine for this process
-        assert self._autocommit_engine is not None
-        return self._autocommit_engine
+    def engine(self) -> Engine:
+        """This process's engine."""
+        bind = self.sessions.kw["bind"]
+        assert isinstance(bind, Engine)
+        return bind
 
     def dispose(self) -> None:
         """Close this process's pooled connections."""
