@@ -213,6 +213,8 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     median = dict(ranked[(len(ranked) - 1) // 2])
     median["rounds_msgs_per_second"] = [r["msgs_per_second"] for r in done]
     median["rounds_enqueue_p99_ms"] = [_get(r, "enqueue_latency", "p99_ms") for r in done]
+    if len(rounds) > 1:
+        median["all_rounds"] = rounds
     return median
 
 
