@@ -6,8 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,7 +14,7 @@ from anyio import to_thread
 
 from postroom.api.app import MAX_DEFAULT_WORKERS, default_workers
 from tests.api.conftest import MINIMAL, new_key
-from tests.integration.conftest import worker_env
+from tests.integration.conftest import start_postroom
 from tests.servers import free_port
 
 READY_TIMEOUT = 30.0
@@ -51,17 +49,8 @@ def test_several_processes_serve_with_the_settings_of_the_command(
     key = new_key(client)
     port = free_port()
     log_path = tmp_path / "api.log"
-    argv = [sys.executable, "-m", "postroom.cli.main", "api", "--workers", "2", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=worker_env(served),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    arguments = ["api", "--workers", "2", "--port", str(port)]
+    process = start_postroom(arguments, served, cwd=tmp_path, log_path=log_path)
     try:
         base_url = f"http://127.0.0.1:{port}"
         wait_ready(process, base_url, log_path)

@@ -50,6 +50,26 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def start_postroom(
+    arguments: list[str], settings: Settings, *, cwd: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """``postroom <arguments>`` configured by ``settings`` alone, in its own session.
+
+    ``cwd`` should hold no .env file, so the environment is the only configuration; the
+    output goes to ``log_path``.
+    """
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli.main", *arguments],
+            cwd=cwd,
+            env=worker_env(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class WorkerProcess:
     """A running ``postroom worker``: the session leader of its own process group."""
@@ -133,22 +153,11 @@ def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartWork
     def start(settings: Settings, *, beat: bool = False, concurrency: int = 2) -> WorkerProcess:
         name = f"worker-{len(started) + 1}"
         log_path = tmp_path / f"{name}.log"
-        argv = [sys.executable, "-m", "postroom.cli.main", "worker", f"--concurrency={concurrency}"]
         # INFO: readiness is Celery's "ready." line, whatever the command's default level is
-        argv.append("--loglevel=INFO")
+        arguments = ["worker", f"--concurrency={concurrency}", "--loglevel=INFO"]
         if beat:
-            argv.append("--beat")
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                argv,
-                # tmp_path holds no .env file, so the environment is the only configuration
-                cwd=tmp_path,
-                env=worker_env(settings),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            arguments.append("--beat")
+        process = start_postroom(arguments, settings, cwd=tmp_path, log_path=log_path)
         started.append(WorkerProcess(name, process, log_path))
         started[-1].wait_ready()
         return started[-1]

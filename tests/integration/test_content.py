@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from postroom.client import Postroom
 from postroom.errors import TemplateError
 from postroom.messages import Message
 from postroom.settings import Settings
-from tests.integration.conftest import MakeProducer, MakeSettings, StartWorker, worker_env
+from tests.integration.conftest import MakeProducer, MakeSettings, StartWorker, start_postroom
 from tests.integration.content_corpus import (
     ED_DOMAIN,
     ED_DOMAIN_ASCII,
@@ -108,17 +107,8 @@ def api_server(tmp_path: Path) -> Iterator[StartApi]:
     def start(settings: Settings) -> ApiProcess:
         port = free_port()
         log_path = tmp_path / f"api-{len(started) + 1}.log"
-        argv = [sys.executable, "-m", "postroom.cli.main", "api", "--port", str(port)]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                argv,
-                cwd=tmp_path,
-                env=worker_env(settings),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        arguments = ["api", "--port", str(port)]
+        process = start_postroom(arguments, settings, cwd=tmp_path, log_path=log_path)
         started.append(ApiProcess(process, f"http://127.0.0.1:{port}", log_path))
         started[-1].wait_ready()
         return started[-1]
