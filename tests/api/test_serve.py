@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import time
 
 import httpx
 import pytest
@@ -14,10 +13,8 @@ from anyio import to_thread
 
 from postroom.api.app import MAX_DEFAULT_WORKERS, default_workers
 from tests.api.conftest import MINIMAL, new_key
-from tests.integration.conftest import start_postroom
+from tests.integration.conftest import ApiProcess, start_postroom
 from tests.servers import free_port
-
-READY_TIMEOUT = 30.0
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -53,7 +50,7 @@ def test_several_processes_serve_with_the_settings_of_the_command(
     process = start_postroom(arguments, served, cwd=tmp_path, log_path=log_path)
     try:
         base_url = f"http://127.0.0.1:{port}"
-        wait_ready(process, base_url, log_path)
+        ApiProcess(process, base_url, log_path).wait_ready()
         with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as http:
             accepted = http.post("/v1/messages", json=MINIMAL)
             read_back = http.get(f"/v1/messages/{accepted.json()['id']}")
@@ -71,15 +68,3 @@ def test_several_processes_serve_with_the_settings_of_the_command(
     log = log_path.read_text()
     assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log
     assert key not in log
-
-
-def wait_ready(process, base_url, log_path):
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"postroom api exited:\n{log_path.read_text()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"postroom api not ready after {READY_TIMEOUT}s:\n{log_path.read_text()}")

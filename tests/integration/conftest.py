@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from postroom.client import Postroom
@@ -68,6 +69,41 @@ def start_postroom(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@dataclass
+class ApiProcess:
+    """A running ``postroom api``, leader of its own process group."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise RuntimeError(f"postroom api exited:\n{self.log_path.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(
+            f"postroom api not ready after {READY_TIMEOUT}s:\n{self.log_path.read_text()}"
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT)
 
 
 @dataclass

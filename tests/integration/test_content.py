@@ -10,10 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +25,13 @@ from postroom.client import Postroom
 from postroom.errors import TemplateError
 from postroom.messages import Message
 from postroom.settings import Settings
-from tests.integration.conftest import MakeProducer, MakeSettings, StartWorker, start_postroom
+from tests.integration.conftest import (
+    ApiProcess,
+    MakeProducer,
+    MakeSettings,
+    StartWorker,
+    start_postroom,
+)
 from tests.integration.content_corpus import (
     ED_DOMAIN,
     ED_DOMAIN_ASCII,
@@ -51,9 +53,6 @@ from tests.test_dkim import dns, ed25519_pem_pair, rsa_pair
 
 pytestmark = pytest.mark.integration
 
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-
 
 @pytest.fixture
 def smtp_sink() -> Iterator[SmtpSink]:
@@ -61,39 +60,6 @@ def smtp_sink() -> Iterator[SmtpSink]:
     sink = SmtpSink(smtputf8=True).start()
     yield sink
     sink.stop()
-
-
-@dataclass
-class ApiProcess:
-    """A running ``postroom api``, leader of its own process group."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def is_running(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if not self.is_running():
-                raise RuntimeError(f"postroom api exited:\n{self.log_path.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"postroom api not ready after {READY_TIMEOUT}s")
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_TIMEOUT)
 
 
 StartApi = Callable[[Settings], ApiProcess]
