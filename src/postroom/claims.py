@@ -11,8 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
     String,
+    all_,
     cast,
+    func,
     insert,
     literal,
     or_,
@@ -47,19 +52,28 @@ def claim_due(
     if limit <= 0 or (not ids and stream is None):
         return []
     due = (Message.status.in_(CLAIMABLE), Message.next_attempt_at <= now)
+    on_postgresql = session.get_bind().dialect.name == "postgresql"
     # Each part locks its rows; PostgreSQL lets concurrent workers skip each other's rows
     # instead of queueing on them. The top-up reads the stream's index in order and stops at
     # the limit: sorting every due row would cost a scan of the whole backlog per batch.
     parts = []
+    wanted = None
     if ids:
-        wanted = select(Message.id, literal(0).label("rank")).where(Message.id.in_(ids), *due)
-        parts.append(wanted.with_for_update(skip_locked=True).cte("wanted"))
+        wanted = _wanted(ids, due, postgresql=on_postgresql).cte("wanted")
+        parts.append(wanted)
     if stream is not None:
+        room: int | ColumnElement[int] = limit
+        others: ColumnElement[bool] = Message.id.not_in(ids)
+        if on_postgresql:
+            others = Message.id != all_(_array(ids))
+            if wanted is not None:
+                # only what the wanted rows leave room for: each row read here is locked too
+                room = limit - select(func.count()).select_from(wanted).scalar_subquery()
         oldest = (
             select(Message.id, literal(1).label("rank"))
-            .where(Message.stream == stream, *due, Message.id.not_in(ids))
+            .where(Message.stream == stream, *due, others)
             .order_by(Message.next_attempt_at)
-            .limit(limit)
+            .limit(room)
         )
         parts.append(oldest.with_for_update(skip_locked=True).cte("oldest"))
     both = union_all(*(select(part.c.id, part.c.rank) for part in parts)).subquery()
@@ -77,7 +91,7 @@ def claim_due(
         )
     )
     options = {"populate_existing": True, "synchronize_session": False}
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgresql:
         # One round trip: the claim and its event rows in one statement.
         claimed_rows = claim.returning(*Message.__table__.columns).cte("claimed")
         events = insert(MessageEvent).from_select(
@@ -99,6 +113,29 @@ def claim_due(
         at=now,
     )
     return claimed
+
+
+def _array(ids: Sequence[str]) -> ColumnElement[list[str]]:
+    """``ids`` as one PostgreSQL array parameter, not one parameter each."""
+    return literal(list(ids), ARRAY(String))
+
+
+def _wanted(
+    ids: Sequence[str], due: tuple[ColumnElement[bool], ...], *, postgresql: bool
+) -> Select[str, int]:
+    """The due messages among ``ids``, locked (PostgreSQL skips rows others hold)."""
+    if not postgresql:
+        return select(Message.id, literal(0).label("rank")).where(Message.id.in_(ids), *due)
+    # Driven by the ids through the primary key: an IN list lets the planner of a table it
+    # has no statistics for yet scan every due row and compare each with every id.
+    requested = func.unnest(_array(ids)).table_valued("id").render_derived(name="requested")
+    return (
+        select(Message.id, literal(0).label("rank"))
+        .select_from(requested)
+        .join(Message, Message.id == requested.c.id)
+        .where(*due)
+        .with_for_update(skip_locked=True, of=Message)
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from postroom import batches, claims, messages, templates
+from postroom import batches, claims, messages
 from postroom.attachments import Attachment, AttachmentStore, StoredAttachment, list_attachments
 from postroom.db import EngineCache, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
@@ -29,12 +29,13 @@ from postroom.mime import Sign
 from postroom.publishing import BackgroundPublisher, Publish, publish_or_leave_to_sweep
 from postroom.settings import Settings
 from postroom.tasks import create_celery, publish_deliver
-from postroom.templates import Rendered, Template, TemplateRenderer
 from postroom.transports import Transport
 from postroom.transports.registry import RegistryConfig, TransportRegistry
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from postroom.templates import Rendered, Template, TemplateRenderer
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,8 @@ class Postroom:
         )
 
     def _template(self, session: Session, name: str, locale: str | None) -> Template:
+        from postroom import templates  # see "templates" below
+
         try:
             return templates.get_template(session, name, locale=locale)
         except TemplateNotFound as missing:
@@ -352,6 +355,9 @@ class Postroom:
             return messages.cancel(session, message_id, now=self.clock())
 
     # templates ------------------------------------------------------------------------------
+    # postroom.templates is imported by the methods that use it: its Jinja sandbox and
+    # css-inline would add ~4 MiB to every worker process, which only sends content that was
+    # rendered at enqueue.
 
     def save_template(
         self,
@@ -363,6 +369,8 @@ class Postroom:
         locale: str = "",
     ) -> Template:
         """Store a new version of a template (or return the latest if nothing changed)."""
+        from postroom import templates
+
         with self.sessions.begin() as session:
             return templates.save_template(
                 session, name, subject=subject, text=text, html=html, locale=locale
@@ -372,21 +380,29 @@ class Postroom:
         self, name: str, *, locale: str | None = None, version: int | None = None
     ) -> Template:
         """A template version (the newest by default), with locale fallback."""
+        from postroom import templates
+
         with self.sessions() as session:
             return templates.get_template(session, name, locale=locale, version=version)
 
     def list_templates(self) -> list[Template]:
         """The newest version of every template and locale."""
+        from postroom import templates
+
         with self.sessions() as session:
             return templates.list_templates(session)
 
     def list_template_versions(self, name: str, *, locale: str = "") -> list[Template]:
         """Every version of one template variant, oldest first."""
+        from postroom import templates
+
         with self.sessions() as session:
             return templates.list_versions(session, name, locale)
 
     def sync_templates(self, directory: os.PathLike[str]) -> list[Template]:
         """Load a folder of template files; return those that got a new version."""
+        from postroom import templates
+
         with self.sessions.begin() as session:
             return templates.sync_folder(session, Path(directory))
 
@@ -494,6 +510,8 @@ class Postroom:
     def renderer(self) -> TemplateRenderer:
         """The sandboxed renderer, with its cache of compiled templates."""
         if self._renderer is None:
+            from postroom.templates import TemplateRenderer  # see "templates" above
+
             self._renderer = TemplateRenderer(
                 max_output_chars=self.settings.template_max_output_chars,
                 max_seconds=self.settings.template_max_seconds,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -112,14 +113,30 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Most JSON columns of a message hold an empty list or object (no cc, no tags, no headers):
+# building those directly skips json.loads, which cost about a third of claiming a batch.
+_EMPTY_JSON: dict[str | bytes, Callable[[], object]] = {
+    "[]": list,
+    "{}": dict,
+    b"[]": list,
+    b"{}": dict,
+}
+
+
+def load_json(document: str | bytes) -> Any:
+    """``json.loads``, without parsing the empty list and object that most columns hold."""
+    empty = _EMPTY_JSON.get(document)
+    return empty() if empty is not None else json.loads(document)
+
+
 def create_db_engine(database_url: str) -> Engine:
     """An engine for ``database_url`` tuned for postroom's access pattern."""
     url = normalize_database_url(database_url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_deserializer=load_json)
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_size=5, max_overflow=10, json_deserializer=load_json)
     event.listen(engine, "connect", _note_idle_since)
     event.listen(engine, "checkin", _note_idle_since)
     event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -21,7 +21,7 @@ from postroom.limits import Limiter, pushback_until
 from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign, build_envelope
 from postroom.retry import RetryPolicy
-from postroom.transports.base import SendResult, Transport
+from postroom.transports.base import Envelope, SendResult, Transport, send_each
 from postroom.transports.registry import DEFAULT, TransportRegistry
 
 logger = logging.getLogger(__name__)
@@ -192,58 +192,84 @@ class Deliverer:
         files: dict[str, list[CheckedAttachment]],
         granted_at: datetime,
     ) -> tuple[list[Outcome], datetime | None]:
-        """Send ``messages`` in order; stop early when the provider pushes back (its end)."""
-        outcomes: list[Outcome] = []
-        for index, message in enumerate(messages):
-            outcome, failure = self._attempt(name, transport, message, files.get(message.id, []))
-            outcomes.append(outcome)
-            if outcome.status is not MessageStatus.SENT and failure is None:
-                continue
-            self.registry.record(name, temporary_failure=isinstance(failure, TemporaryFailure))
-            until = None
-            if isinstance(failure, TemporaryFailure):
-                until = pushback_until(failure.code, failure.detail, now=self.clock())
-            if until is not None:
-                # the provider asked the whole transport to slow down: stop this batch too
-                reply = failure.detail if failure else ""
-                _quietly(self.limiter.pause, name, until=until, reason=reply)
-                rest = messages[index + 1 :]
-                _quietly(self.limiter.refund, name, len(rest), now=granted_at)
-                reason = f"transport paused by provider push-back: {outcome.detail}"
-                return outcomes + [_held_back(m, name, reason, until) for m in rest], until
-        return outcomes, None
+        """Send ``messages`` in order; stop early when the provider pushes back (its end).
 
-    def _attempt(
+        The transport reads the envelopes as it goes, so a message is built while the one
+        before it is on the wire. Messages left without an outcome were never transmitted.
+        """
+        by_id = {message.id: message for message in messages}
+        outcomes: dict[str, Outcome] = {}
+        until, pushed = None, ""
+        handed = send_each(transport, self._envelopes(name, messages, files, outcomes))
+        try:
+            for envelope, result in handed:
+                message = by_id[envelope.message_id]
+                outcome = self._judge(name, message, result)
+                outcomes[message.id] = outcome
+                temporary = isinstance(result, TemporaryFailure)
+                self.registry.record(name, temporary_failure=temporary)
+                if isinstance(result, TemporaryFailure) and (
+                    until := self._pushed_back(name, result)
+                ):
+                    pushed = outcome.detail
+                    break
+        except Exception as error:
+            # a streaming transport that broke unexpectedly: a bug or a passing fault; what it
+            # did not report on is retried later, since retrying loses nothing
+            logger.exception("transport %s raised while sending a batch", name)
+            failure = TemporaryFailure(type(error).__name__, transport=transport.name)
+            for message in messages:
+                if message.id not in outcomes:
+                    outcomes[message.id] = self._retry_or_fail(name, message, failure)
+        finally:
+            handed.close()  # stopped early: the transport abandons what it has not sent
+        rest = [message for message in messages if message.id not in outcomes]
+        done = [outcomes[message.id] for message in messages if message.id in outcomes]
+        if until is None:
+            return done, None
+        _quietly(self.limiter.refund, name, len(rest), now=granted_at)
+        reason = f"transport paused by provider push-back: {pushed}"
+        return done + [_held_back(m, name, reason, until) for m in rest], until
+
+    def _envelopes(
         self,
         name: str,
-        transport: Transport,
-        message: Message,
-        attachments: list[CheckedAttachment],
-    ) -> tuple[Outcome, DeliveryError | None]:
-        try:
-            envelope = build_envelope(message, attachments, now=self.clock(), sign=self.sign)
-        except Exception as error:  # stored content that cannot be rendered will never send
-            logger.exception("message %s could not be built", message.id)
-            detail = f"could not build: {type(error).__name__}"
-            return Outcome(message.id, MessageStatus.FAILED, detail, transport=name), None
-        try:
-            result = transport.send(envelope)
-        except PermanentFailure as error:
-            outcome = Outcome(
-                message.id, MessageStatus.FAILED, str(error), error.code, transport=name
+        messages: list[Message],
+        files: dict[str, list[CheckedAttachment]],
+        outcomes: dict[str, Outcome],
+    ) -> Iterator[Envelope]:
+        """Each message built for the wire as the transport asks for it; failures recorded."""
+        for message in messages:
+            try:
+                envelope = build_envelope(
+                    message, files.get(message.id, []), now=self.clock(), sign=self.sign
+                )
+            except Exception as error:  # stored content that cannot be rendered will never send
+                logger.exception("message %s could not be built", message.id)
+                detail = f"could not build: {type(error).__name__}"
+                outcomes[message.id] = Outcome(
+                    message.id, MessageStatus.FAILED, detail, transport=name
+                )
+                continue
+            yield envelope
+
+    def _pushed_back(self, name: str, failure: TemporaryFailure) -> datetime | None:
+        """When the provider asked the whole transport to slow down: pause it until then."""
+        until = pushback_until(failure.code, failure.detail, now=self.clock())
+        if until is not None:
+            _quietly(self.limiter.pause, name, until=until, reason=failure.detail)
+        return until
+
+    def _judge(self, name: str, message: Message, result: SendResult | DeliveryError) -> Outcome:
+        if isinstance(result, PermanentFailure):
+            return Outcome(
+                message.id, MessageStatus.FAILED, str(result), result.code, transport=name
             )
-            return outcome, error
-        except TemporaryFailure as error:
-            return self._retry_or_fail(name, message, error), error
-        except Exception as error:
-            # An unexpected error may be a bug or a passing fault; retrying loses nothing.
-            logger.exception("transport %s raised while sending %s", name, message.id)
-            failure = TemporaryFailure(type(error).__name__, transport=transport.name)
-            return self._retry_or_fail(name, message, failure), failure
-        success = Outcome(
+        if isinstance(result, DeliveryError):
+            return self._retry_or_fail(name, message, result)
+        return Outcome(
             message.id, MessageStatus.SENT, _describe_success(result), result.code, transport=name
         )
-        return success, None
 
     def _retry_or_fail(self, name: str, message: Message, error: DeliveryError) -> Outcome:
         if self.policy.is_exhausted(message.attempts):

@@ -15,8 +15,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
-
 from postroom.db import id_created_at, new_id
 
 
@@ -102,6 +100,10 @@ class DevInbox:
     """An SMTP server on ``host:port`` that accepts every message into ``directory``."""
 
     def __init__(self, directory: Path, *, host: str = "127.0.0.1", port: int = 1025) -> None:
+        # Only the server needs aiosmtpd: the readers of the folder (the API, `postroom inbox`)
+        # and every process that merely loads the CLI go without it.
+        from aiosmtpd.controller import Controller
+
         self.directory = directory
         self._controller = Controller(_CatchAll(directory), hostname=host, port=port)
 

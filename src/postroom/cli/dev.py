@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -22,7 +21,6 @@ from postroom.client import Postroom
 from postroom.db import create_db_engine
 from postroom.devinbox import DevInbox
 from postroom.embedded_redis import redis_child
-from postroom.schema import upgrade
 from postroom.settings import Settings, redact_url
 from postroom.supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 
@@ -93,6 +91,10 @@ def ensure_dev_key(settings: Settings) -> str:
 
 def migrate(settings: Settings) -> None:
     """Bring the configured database to the newest schema."""
+    # Here, not at the top: every process that loads the CLI, workers included, would carry
+    # Alembic (~8 MiB) and httpx below, which only `postroom dev` itself uses.
+    from postroom.schema import upgrade
+
     engine = create_db_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -127,6 +129,8 @@ def _worker_answers(client: Postroom) -> Callable[[], bool]:
 
 
 def _api_answers(base_url: str) -> Callable[[], bool]:
+    import httpx  # see migrate()
+
     def ready() -> bool:
         try:
             return httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200

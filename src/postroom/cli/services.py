@@ -6,7 +6,6 @@ import typer
 
 from postroom.cli.main import exits_on_errors, state
 from postroom.db import create_db_engine
-from postroom.schema import upgrade
 from postroom.settings import Settings, redact_url
 from postroom.tasks import QUEUES
 
@@ -45,6 +44,8 @@ def register(app: typer.Typer) -> None:
     @exits_on_errors
     def migrate(ctx: typer.Context) -> None:
         """Create or upgrade postroom's tables in the configured database."""
+        from postroom.schema import upgrade  # Alembic: only this command needs it
+
         settings = state(ctx).settings
         upgrade(create_db_engine(settings.database_url))
         typer.echo(f"database is up to date: {redact_url(settings.database_url)}")

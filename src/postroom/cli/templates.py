@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from postroom.cli.main import exits_on_errors, fail, state
-from postroom.templates import Template
+
+if TYPE_CHECKING:
+    from postroom.templates import Template
 
 console = Console()
 

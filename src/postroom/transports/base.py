@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from typing import Protocol, runtime_checkable
+
+from postroom.errors import DeliveryError, TemporaryFailure
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,3 +71,51 @@ class Transport(Protocol):
     def close(self) -> None:
         """Release any connection held open."""
         ...
+
+
+# What ``send_each`` yields per envelope: the result, or the error ``send`` would have raised.
+Handed = tuple[Envelope, SendResult | DeliveryError]
+
+
+@runtime_checkable
+class StreamingTransport(Transport, Protocol):
+    """A transport that does better with many messages at once than with one call each.
+
+    ``send_each`` behaves as ``send`` on every envelope in order, but may overlap them (SMTP
+    writes a message's data together with the next one's envelope). It reads ``envelopes``
+    lazily, a message or two ahead of the outcomes it yields. Closing the generator early
+    leaves every envelope without a yielded outcome untransmitted.
+    """
+
+    def send_each(self, envelopes: Iterable[Envelope]) -> Generator[Handed, None, None]:
+        """Hand over every envelope; yield each one's outcome in order."""
+        ...
+
+
+def send_each(transport: Transport, envelopes: Iterable[Envelope]) -> Generator[Handed, None, None]:
+    """Hand ``envelopes`` to ``transport`` in order, yielding each one's outcome as it is known.
+
+    A ``StreamingTransport`` overlaps the messages its own way; any other is called once per
+    message. An unexpected exception from ``send`` becomes that message's ``TemporaryFailure``
+    (a bug or a passing fault: retrying loses nothing).
+    """
+    if isinstance(transport, StreamingTransport):
+        return transport.send_each(envelopes)
+    return one_at_a_time(transport, envelopes)
+
+
+def one_at_a_time(
+    transport: Transport, envelopes: Iterable[Envelope]
+) -> Generator[Handed, None, None]:
+    """``send`` each envelope in turn, its error (or an unexpected one's) yielded as its outcome."""
+    for envelope in envelopes:
+        outcome: SendResult | DeliveryError
+        try:
+            outcome = transport.send(envelope)
+        except DeliveryError as error:
+            outcome = error
+        except Exception as error:
+            name, message_id = transport.name, envelope.message_id
+            logger.exception("transport %s raised while sending %s", name, message_id)
+            outcome = TemporaryFailure(type(error).__name__, transport=name)
+        yield envelope, outcome

@@ -14,13 +14,14 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from postroom.errors import ConfigurationError, DeliveryError, PermanentFailure, TemporaryFailure
-from postroom.transports.base import Envelope, SendResult
+from postroom.transports.base import Envelope, Handed, SendResult, one_at_a_time
 
 _DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 # RFC 2920 §3.1: a client that writes with blocking sockets must make each group of pipelined
@@ -129,6 +130,10 @@ def classify_reply(code: int, reply: bytes | str, *, transport: str) -> Delivery
     return TemporaryFailure(detail, transport=transport, code=code)
 
 
+# A message whose envelope was answered with 354, and the refusals to report once it is sent.
+_Waiting = tuple[Envelope, dict[str, str]]
+
+
 class _ResetNeeded(Exception):
     """The server refused a step; the transaction must be reset before the next message."""
 
@@ -166,6 +171,141 @@ class SmtpTransport:
         # transmitted (at most the envelope commands, pipelined, that were never answered with
         # 354), so one retry on a fresh connection cannot duplicate it.
         return self._transmit_once_fresh(envelope)
+
+    def send_each(self, envelopes: Iterable[Envelope]) -> Generator[Handed, None, None]:
+        """``send`` for many messages, each message's data written with the next envelope.
+
+        RFC 2920 lets message content open a group of pipelined commands, so with PIPELINING
+        a message's data, its "." and the next message's MAIL, RCPTs and DATA go out in one
+        write, and the next message is built while the server answers: one round trip per
+        message instead of two, and the wait overlaps the work. Without PIPELINING each
+        message goes through ``send``.
+
+        A message whose envelope was written but that never reached its data (the connection
+        broke) is sent again once on a fresh connection, as ``send`` does: nothing of it was
+        delivered. One whose data was written in full and then lost its reply is "assumed
+        delivered", as in ``send``.
+        """
+        queue = _Queue(iter(envelopes))
+        while (envelope := queue.next()) is not None:
+            try:
+                connection = self._ready_connection()
+            except TemporaryFailure as failure:
+                # unreachable: the rest of the batch would each wait for the same timeout
+                yield envelope, failure
+                while (rest := queue.next()) is not None:
+                    yield rest, failure
+                return
+            if connection.has_extn("pipelining"):
+                yield from self._pipelined(connection, envelope, queue)
+            else:
+                yield from one_at_a_time(self, [envelope])
+
+    def _pipelined(
+        self, connection: smtplib.SMTP, first: Envelope, queue: _Queue
+    ) -> Iterator[Handed]:
+        """Send from ``first`` on over ``connection`` until the queue is empty or it breaks."""
+        waiting: _Waiting | None = None  # answered 354; its data goes out with the next write
+        opening: Envelope | None = first  # its MAIL, RCPTs and DATA go out in the next write
+        unanswered = False  # an envelope went out and its replies were not all read
+        try:
+            while waiting is not None or opening is not None:
+                groups: list[list[bytes]] = [[]]
+                if opening is not None:
+                    commands = self._opening_commands(connection, opening)
+                    if isinstance(commands, DeliveryError):
+                        yield opening, commands
+                        opening = queue.next()
+                        continue
+                    groups = list(_command_groups(commands))
+                if not self._write(connection, waiting, groups[0]):
+                    # neither the waiting message's data nor the envelope arrived whole
+                    cut_off = [e for e in (waiting and waiting[0], opening) if e is not None]
+                    waiting = None
+                    yield from queue.put_back(cut_off, name=self.name)
+                    return
+                unanswered = opening is not None
+                upcoming = queue.next() if opening is not None else None  # built meanwhile
+                if waiting is not None:
+                    written, waiting = waiting, None
+                    yield written[0], self._data_outcome(connection, written[1])
+                if opening is not None:
+                    waiting = yield from self._answered(connection, opening, groups, queue)
+                    unanswered = False
+                if self._connection is None:  # closed by a 421, a hang-up or a failed reset
+                    queue.push_front(upcoming)
+                    return
+                opening = upcoming
+            self._last_used = time.monotonic()
+        except BaseException:
+            # stopped early (the caller closed the generator) or broken with a transaction
+            # open on the server: only closing the connection ends it without sending anything
+            if unanswered or waiting is not None:
+                self._drop()
+            raise
+
+    def _write(
+        self, connection: smtplib.SMTP, waiting: _Waiting | None, commands: list[bytes]
+    ) -> bool:
+        """Write the waiting message's data, if any, then ``commands``; False if it broke."""
+        head = _data_bytes(waiting[0]) if waiting is not None else b""
+        try:
+            connection.send(head + b"".join(commands))
+        except smtplib.SMTPServerDisconnected:
+            self._drop()
+            return False
+        return True
+
+    def _answered(
+        self,
+        connection: smtplib.SMTP,
+        opening: Envelope,
+        groups: list[list[bytes]],
+        queue: _Queue,
+    ) -> Generator[Handed, None, _Waiting | None]:
+        """Read and judge the replies to ``opening``'s envelope; it then waits for its data.
+
+        Returns None when it cannot go on: refused (its error is yielded), or cut off by the
+        connection closing first (it is put back in the queue).
+        """
+        if self._connection is None:  # the reply before these closed the connection
+            yield from queue.put_back([opening], name=self.name)
+            return None
+        try:
+            replies = self._read_group_replies(connection, groups)
+        except smtplib.SMTPServerDisconnected:
+            self._drop()
+            yield from queue.put_back([opening], name=self.name)
+            return None
+        try:
+            return opening, self._judge_opening(connection, opening, replies)
+        except _ResetNeeded as failure:
+            self._reset(connection)
+            yield opening, failure.error
+            return None
+
+    def _read_group_replies(
+        self, connection: smtplib.SMTP, groups: list[list[bytes]]
+    ) -> list[tuple[int, bytes]]:
+        """The replies to ``groups``, the first one written already, the rest one at a time."""
+        replies = self._read_replies(connection, len(groups[0]))
+        for group in groups[1:]:
+            if replies[-1][0] == 421:
+                break
+            connection.send(b"".join(group))
+            replies += self._read_replies(connection, len(group))
+        return replies
+
+    def _opening_commands(
+        self, connection: smtplib.SMTP, envelope: Envelope
+    ) -> list[bytes] | DeliveryError:
+        """``envelope``'s MAIL, RCPTs and DATA, or why it cannot be offered to this server."""
+        try:
+            return _envelope_commands(envelope, self._mail_options(connection, envelope))
+        except _ResetNeeded as refused:
+            return refused.error
+        except ValueError as error:  # a line break in an address: it can never be sent
+            return PermanentFailure(str(error), transport=self.name)
 
     def _transmit_once_fresh(self, envelope: Envelope) -> SendResult:
         connection = self._ready_connection()
@@ -294,6 +434,16 @@ class SmtpTransport:
         """
         options = self._mail_options(connection, envelope)
         replies = self._pipeline(connection, _envelope_commands(envelope, options))
+        return self._judge_opening(connection, envelope, replies)
+
+    def _judge_opening(
+        self, connection: smtplib.SMTP, envelope: Envelope, replies: list[tuple[int, bytes]]
+    ) -> dict[str, str]:
+        """The refusals to report, from the replies to a pipelined MAIL, RCPTs and DATA.
+
+        ``_ResetNeeded`` when the message cannot go on; a data phase the server opened anyway
+        has been closed by then.
+        """
         count = len(envelope.recipients)
         (mail_code, mail_reply), recipient_replies = replies[0], replies[1 : count + 1]
         data_reply = replies[count + 1] if len(replies) == count + 2 else None
@@ -364,10 +514,16 @@ class SmtpTransport:
     def _send_data(
         self, connection: smtplib.SMTP, envelope: Envelope, refused: dict[str, str]
     ) -> SendResult:
-        payload = _DOT_AT_LINE_START.sub(b"..", envelope.data)
-        if not payload.endswith(b"\r\n"):
-            payload += b"\r\n"
-        connection.send(payload + b".\r\n")
+        connection.send(_data_bytes(envelope))
+        outcome = self._data_outcome(connection, refused)
+        if isinstance(outcome, DeliveryError):
+            raise outcome
+        return outcome
+
+    def _data_outcome(
+        self, connection: smtplib.SMTP, refused: dict[str, str]
+    ) -> SendResult | DeliveryError:
+        """What the reply to a message's data, written in full, says about it."""
         try:
             code, reply = connection.getreply()
         except smtplib.SMTPServerDisconnected:
@@ -380,7 +536,7 @@ class SmtpTransport:
             )
         if code != 250:
             self._drop_if_closing(code)
-            raise classify_reply(code, reply, transport=self.name)
+            return classify_reply(code, reply, transport=self.name)
         return SendResult(
             detail=f"{code} {reply.decode('utf-8', 'replace')}", code=code, refused=refused
         )
@@ -401,6 +557,14 @@ class SmtpTransport:
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         _close_quietly(connection)
+
+
+def _data_bytes(envelope: Envelope) -> bytes:
+    """The message as it travels after DATA's 354: dot-stuffed, ending in CRLF "." CRLF."""
+    payload = _DOT_AT_LINE_START.sub(b"..", envelope.data)
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    return payload + b".\r\n"
 
 
 def _envelope_commands(envelope: Envelope, options: list[str]) -> list[bytes]:
@@ -443,6 +607,40 @@ def _command_groups(commands: list[bytes]) -> Iterator[list[bytes]]:
         group.append(command)
         size += len(command)
     yield group
+
+
+class _Queue:
+    """The envelopes still to send: those put back after a broken connection, then the rest."""
+
+    def __init__(self, source: Iterator[Envelope]) -> None:
+        self._source = source
+        self._again: deque[Envelope] = deque()
+        self._retried: set[str] = set()
+
+    def next(self) -> Envelope | None:
+        if self._again:
+            return self._again.popleft()
+        return next(self._source, None)
+
+    def push_front(self, envelope: Envelope | None) -> None:
+        """Put back an envelope that was read but never written."""
+        if envelope is not None:
+            self._again.appendleft(envelope)
+
+    def put_back(self, cut_off: list[Envelope], *, name: str) -> Iterator[Handed]:
+        """Queue envelopes a broken connection cut off for one more try on a fresh connection.
+
+        Nothing of them was delivered (no data was written in full), so the new try cannot
+        duplicate them; one cut off a second time fails as temporary.
+        """
+        again = []
+        for envelope in cut_off:
+            if envelope.message_id in self._retried:
+                yield envelope, TemporaryFailure("server closed the connection", transport=name)
+            else:
+                self._retried.add(envelope.message_id)
+                again.append(envelope)
+        self._again.extendleft(reversed(again))
 
 
 def _close_quietly(connection: smtplib.SMTP | None) -> None:
