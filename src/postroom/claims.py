@@ -6,16 +6,22 @@ racing for the same rows can never both win.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    BindParameter,
     ColumnElement,
+    Executable,
+    Integer,
     Select,
     String,
     all_,
+    bindparam,
     cast,
     func,
     insert,
@@ -51,30 +57,54 @@ def claim_due(
     limit = len(ids) if limit is None else limit
     if limit <= 0 or (not ids and stream is None):
         return []
+    dialect = session.get_bind().dialect.name
+    statement = _claim_statement(dialect, with_ids=bool(ids), with_stream=stream is not None)
+    params: dict[str, Any] = {"b_now": now, "b_lease_until": now + lease, "b_limit": limit}
+    if ids:
+        params["b_ids"] = list(ids)
+    if stream is not None:
+        params["b_stream"] = stream
+    options = {"populate_existing": True, "synchronize_session": False}
+    claimed = list(session.scalars(statement, params, execution_options=options))
+    if dialect != "postgresql":  # on PostgreSQL the statement wrote the events itself
+        append_events(
+            session,
+            (NewEvent(m.id, MessageStatus.SENDING, f"attempt {m.attempts}") for m in claimed),
+            at=now,
+        )
+    return claimed
+
+
+@functools.cache
+def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Executable:
+    """The claim for one shape of call, built once: building it cost more than running it.
+
+    Its parameters: ``b_now``, ``b_lease_until``, ``b_limit``, and ``b_ids`` and ``b_stream``
+    when the shape has them (``b_``: an UPDATE reserves its columns' names).
+    """
+    postgresql = dialect == "postgresql"
+    now = bindparam("b_now", type_=UTCDateTime())
+    limit = bindparam("b_limit", type_=Integer())
     due = (Message.status.in_(CLAIMABLE), Message.next_attempt_at <= now)
-    on_postgresql = session.get_bind().dialect.name == "postgresql"
     # Each part locks its rows; PostgreSQL lets concurrent workers skip each other's rows
     # instead of queueing on them. The top-up reads the stream's index in order and stops at
     # the limit: sorting every due row would cost a scan of the whole backlog per batch.
     parts = []
     wanted = None
-    if ids:
-        wanted = _wanted(ids, due, postgresql=on_postgresql).cte("wanted")
+    if with_ids:
+        wanted = _wanted(due, postgresql=postgresql).cte("wanted")
         parts.append(wanted)
-    if stream is not None:
-        room: int | ColumnElement[int] = limit
-        others: ColumnElement[bool] = Message.id.not_in(ids)
-        if on_postgresql:
-            others = Message.id != all_(_array(ids))
-            if wanted is not None:
+    if with_stream:
+        oldest = select(Message.id, literal(1).label("rank")).where(
+            Message.stream == bindparam("b_stream", type_=String()), *due
+        )
+        room: ColumnElement[int] = limit
+        if wanted is not None:
+            oldest = oldest.where(_not_among_ids(postgresql))
+            if postgresql:
                 # only what the wanted rows leave room for: each row read here is locked too
                 room = limit - select(func.count()).select_from(wanted).scalar_subquery()
-        oldest = (
-            select(Message.id, literal(1).label("rank"))
-            .where(Message.stream == stream, *due, others)
-            .order_by(Message.next_attempt_at)
-            .limit(room)
-        )
+        oldest = oldest.order_by(Message.next_attempt_at).limit(room)
         parts.append(oldest.with_for_update(skip_locked=True).cte("oldest"))
     both = union_all(*(select(part.c.id, part.c.rank) for part in parts)).subquery()
     # A CTE, evaluated once: as a plain IN (subquery) PostgreSQL may re-run the locking
@@ -85,53 +115,53 @@ def claim_due(
         .where(Message.id.in_(select(batch.c.id)), *due)
         .values(
             status=MessageStatus.SENDING.value,
-            lease_until=now + lease,
+            lease_until=bindparam("b_lease_until", type_=UTCDateTime()),
             attempts=Message.attempts + 1,
             updated_at=now,
         )
     )
-    options = {"populate_existing": True, "synchronize_session": False}
-    if on_postgresql:
-        # One round trip: the claim and its event rows in one statement.
-        claimed_rows = claim.returning(*Message.__table__.columns).cte("claimed")
-        events = insert(MessageEvent).from_select(
-            ["message_id", "status", "detail", "at"],
-            select(
-                claimed_rows.c.id,
-                literal(MessageStatus.SENDING.value),
-                literal("attempt ") + cast(claimed_rows.c.attempts, String),
-                literal(now, UTCDateTime()),
-            ),
-        )
-        entity = aliased(Message, claimed_rows)
-        query = select(entity).add_cte(events.cte("claim_events"))
-        return list(session.scalars(query, execution_options=options))
-    claimed = list(session.scalars(claim.returning(Message), execution_options=options))
-    append_events(
-        session,
-        (NewEvent(m.id, MessageStatus.SENDING, f"attempt {m.attempts}") for m in claimed),
-        at=now,
-    )
-    return claimed
-
-
-def _array(ids: Sequence[str]) -> ColumnElement[list[str]]:
-    """``ids`` as one PostgreSQL array parameter, not one parameter each."""
-    return literal(list(ids), ARRAY(String))
-
-
-def _wanted(
-    ids: Sequence[str], due: tuple[ColumnElement[bool], ...], *, postgresql: bool
-) -> Select[str, int]:
-    """The due messages among ``ids``, locked (PostgreSQL skips rows others hold)."""
     if not postgresql:
-        return select(Message.id, literal(0).label("rank")).where(Message.id.in_(ids), *due)
+        return claim.returning(Message)
+    # One round trip: the claim and its event rows in one statement.
+    claimed_rows = claim.returning(*Message.__table__.columns).cte("claimed")
+    events = insert(MessageEvent).from_select(
+        ["message_id", "status", "detail", "at"],
+        select(
+            claimed_rows.c.id,
+            literal(MessageStatus.SENDING.value),
+            literal("attempt ") + cast(claimed_rows.c.attempts, String),
+            now,
+        ),
+    )
+    entity = aliased(Message, claimed_rows)
+    return select(entity).add_cte(events.cte("claim_events"))
+
+
+def _ids_param(postgresql: bool) -> BindParameter[Any]:
+    """The ``ids`` parameter: one array on PostgreSQL, an expanded list elsewhere."""
+    if postgresql:
+        return bindparam("b_ids", type_=ARRAY(String()))
+    return bindparam("b_ids", expanding=True)
+
+
+def _not_among_ids(postgresql: bool) -> ColumnElement[bool]:
+    if postgresql:
+        return Message.id != all_(_ids_param(postgresql))
+    return Message.id.not_in(_ids_param(postgresql))
+
+
+def _wanted(due: tuple[ColumnElement[bool], ...], *, postgresql: bool) -> Select[str, int]:
+    """The due messages among ``ids``, locked (PostgreSQL skips rows others hold)."""
+    ranked = select(Message.id, literal(0).label("rank"))
+    if not postgresql:
+        return ranked.where(Message.id.in_(_ids_param(postgresql)), *due)
     # Driven by the ids through the primary key: an IN list lets the planner of a table it
     # has no statistics for yet scan every due row and compare each with every id.
-    requested = func.unnest(_array(ids)).table_valued("id").render_derived(name="requested")
+    requested = (
+        func.unnest(_ids_param(postgresql)).table_valued("id").render_derived(name="requested")
+    )
     return (
-        select(Message.id, literal(0).label("rank"))
-        .select_from(requested)
+        ranked.select_from(requested)
         .join(Message, Message.id == requested.c.id)
         .where(*due)
         .with_for_update(skip_locked=True, of=Message)
