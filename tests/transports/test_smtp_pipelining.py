@@ -456,7 +456,12 @@ class ScriptedServer:
                         break
                     self.messages.append(pending[:end])
                     pending, data = pending[end + 3 :], None
-                    writer.write(self._reply("END", "250 2.0.0 queued").encode() + b"\r\n")
+                    reply = self._reply("END", "250 2.0.0 queued")
+                    writer.write(reply.encode() + b"\r\n")
+                    if reply.startswith("421"):  # what was pipelined behind the data is unread
+                        await writer.drain()
+                        writer.close()
+                        return
                     state.update(mail=False, rcpts=0)
                     continue
                 line, crlf, rest = pending.partition(b"\r\n")

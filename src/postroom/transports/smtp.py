@@ -213,11 +213,17 @@ class SmtpTransport:
                 groups: list[list[bytes]] = [[]]
                 if opening is not None:
                     commands = self._opening_commands(connection, opening)
-                    if isinstance(commands, DeliveryError):
+                    if isinstance(commands, DeliveryError) and waiting is not None:
+                        # outcomes in order: the waiting message's data goes out alone first,
+                        # and this one is judged again once that message's outcome is out
+                        queue.push_front(opening)
+                        opening = None
+                    elif isinstance(commands, DeliveryError):
                         yield opening, commands
                         opening = queue.next()
                         continue
-                    groups = list(_command_groups(commands))
+                    else:
+                        groups = list(_command_groups(commands))
                 if not self._write(connection, waiting, groups[0]):
                     # neither the waiting message's data nor the envelope arrived whole
                     cut_off = [e for e in (waiting and waiting[0], opening) if e is not None]
@@ -334,6 +340,7 @@ class SmtpTransport:
                 self._drop()
         if self._connection is None:
             self._connection = self._connect()
+            self._last_used = time.monotonic()  # fresh: no NOOP before its first message
         return self._connection
 
     def _connect(self) -> smtplib.SMTP:
@@ -616,16 +623,19 @@ class _Queue:
         self._source = source
         self._again: deque[Envelope] = deque()
         self._retried: set[str] = set()
+        self._put_back = 0  # how many at the front of _again were put back since next()
 
     def next(self) -> Envelope | None:
+        self._put_back = 0
         if self._again:
             return self._again.popleft()
         return next(self._source, None)
 
     def push_front(self, envelope: Envelope | None) -> None:
-        """Put back an envelope that was read but never written."""
+        """Put back an envelope that was read but never written, behind any just put back."""
         if envelope is not None:
-            self._again.appendleft(envelope)
+            # read after those: it keeps its place behind them, as its outcome must
+            self._again.insert(self._put_back, envelope)
 
     def put_back(self, cut_off: list[Envelope], *, name: str) -> Iterator[Handed]:
         """Queue envelopes a broken connection cut off for one more try on a fresh connection.
@@ -641,6 +651,7 @@ class _Queue:
                 self._retried.add(envelope.message_id)
                 again.append(envelope)
         self._again.extendleft(reversed(again))
+        self._put_back += len(again)
 
 
 def _close_quietly(connection: smtplib.SMTP | None) -> None:
