@@ -55,8 +55,12 @@ class BackgroundPublisher:
         """Queue ids for publishing; returns at once, whatever the broker's state."""
         with self._condition:
             self._ensure_thread()
+            # with ids already pending the thread is due to publish anyway: waking it for each
+            # send would only make it take the interpreter from the sending thread
+            idle = not self._pending
             self._pending.setdefault(stream, []).extend(ids)
-            self._condition.notify_all()
+            if idle:
+                self._condition.notify_all()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything submitted so far was published (or failed); False on timeout."""
