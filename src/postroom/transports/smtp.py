@@ -3,6 +3,8 @@
 Every command is a round trip (60-70 µs between CPUs, more across a network), so when the
 server offers PIPELINING (RFC 2920) a message's MAIL, RCPTs and DATA go out in one write:
 two round trips per message (envelope, then data) instead of three plus one per recipient.
+A batch (``send_each``) also writes each message's data with the next one's envelope: one
+round trip per message, spent building the next message.
 """
 
 from __future__ import annotations
