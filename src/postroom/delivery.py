@@ -206,11 +206,9 @@ class Deliverer:
                 message = by_id[envelope.message_id]
                 outcome = self._judge(name, message, result)
                 outcomes[message.id] = outcome
-                temporary = isinstance(result, TemporaryFailure)
-                self.registry.record(name, temporary_failure=temporary)
-                if isinstance(result, TemporaryFailure) and (
-                    until := self._pushed_back(name, result)
-                ):
+                temporary = result if isinstance(result, TemporaryFailure) else None
+                self.registry.record(name, temporary_failure=temporary is not None)
+                if temporary is not None and (until := self._pushed_back(name, temporary)):
                     pushed = outcome.detail
                     break
         except Exception as error:

@@ -215,17 +215,17 @@ class SmtpTransport:
                 groups: list[list[bytes]] = [[]]
                 if opening is not None:
                     commands = self._opening_commands(connection, opening)
-                    if isinstance(commands, DeliveryError) and waiting is not None:
-                        # outcomes in order: the waiting message's data goes out alone first,
-                        # and this one is judged again once that message's outcome is out
-                        queue.push_front(opening)
-                        opening = None
-                    elif isinstance(commands, DeliveryError):
+                    if not isinstance(commands, DeliveryError):
+                        groups = list(_command_groups(commands))
+                    elif waiting is None:
                         yield opening, commands
                         opening = queue.next()
                         continue
                     else:
-                        groups = list(_command_groups(commands))
+                        # outcomes in order: the waiting message's data goes out alone first,
+                        # and this one is judged again once that message's outcome is out
+                        queue.push_front(opening)
+                        opening = None
                 if not self._write(connection, waiting, groups[0]):
                     # neither the waiting message's data nor the envelope arrived whole
                     cut_off = [e for e in (waiting and waiting[0], opening) if e is not None]
@@ -482,13 +482,9 @@ class SmtpTransport:
 
     def _pipeline(self, connection: smtplib.SMTP, commands: list[bytes]) -> list[tuple[int, bytes]]:
         """The replies to ``commands``, written a group at a time; none after a 421."""
-        replies: list[tuple[int, bytes]] = []
-        for group in _command_groups(commands):
-            connection.send(b"".join(group))
-            replies += self._read_replies(connection, len(group))
-            if replies[-1][0] == 421:
-                break
-        return replies
+        groups = list(_command_groups(commands))
+        connection.send(b"".join(groups[0]))
+        return self._read_group_replies(connection, groups)
 
     def _read_replies(self, connection: smtplib.SMTP, count: int) -> list[tuple[int, bytes]]:
         replies: list[tuple[int, bytes]] = []
