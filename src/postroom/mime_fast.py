@@ -404,8 +404,9 @@ def _encode_body(text: str) -> tuple[str, bytes]:
 
 
 # Characters quoted-printable writes as they are: printable ASCII but "=", space and tab (and
-# the line feeds between lines, which it keeps).
-_QP_LITERAL = re.compile(r"[\t\n -<>-~]*")
+# the line feeds between lines, which it keeps). A text of these and "=" (any HTML with an
+# attribute has one) only needs its "=" escaped.
+_QP_PRINTABLE = re.compile(r"[\t\n -~]*")
 _QP_ESCAPED = re.compile(r"[^\t\n -<>-~]")
 _QP_ESCAPES = {chr(c): f"={c:02X}" for c in range(256) if _QP_ESCAPED.fullmatch(chr(c))}
 
@@ -421,7 +422,7 @@ def _quoted_printable_lines(text: str) -> list[str]:
     Python. Here the whole text is escaped at once (a printable text, the usual case, only
     needs its "=" escaped), and only lines too long or ending in a space or tab are walked.
     """
-    if _QP_LITERAL.fullmatch(text):
+    if _QP_PRINTABLE.fullmatch(text):
         escaped = text.replace("=", "=3D")
     else:
         escaped = _QP_ESCAPED.sub(_qp_escape, text)
