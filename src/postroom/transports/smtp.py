@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import smtplib
 import socket
 import ssl
@@ -25,7 +24,6 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 from postroom.errors import ConfigurationError, DeliveryError, PermanentFailure, TemporaryFailure
 from postroom.transports.base import Envelope, Handed, SendResult, one_at_a_time
 
-_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 # RFC 2920 §3.1: a client that writes with blocking sockets must make each group of pipelined
 # commands fit in the TCP window, or client and server can both block writing to each other.
 # 8 KB is under any window in practice and holds MAIL, DATA and ~200 RCPTs.
@@ -566,7 +564,10 @@ class SmtpTransport:
 
 def _data_bytes(envelope: Envelope) -> bytes:
     """The message as it travels after DATA's 354: dot-stuffed, ending in CRLF "." CRLF."""
-    payload = _DOT_AT_LINE_START.sub(b"..", envelope.data)
+    # str.replace finds line feeds at memchr speed; a regex tries "^" at every byte
+    payload = envelope.data.replace(b"\n.", b"\n..")
+    if payload.startswith(b"."):
+        payload = b"." + payload
     if not payload.endswith(b"\r\n"):
         payload += b"\r\n"
     return payload + b".\r\n"
