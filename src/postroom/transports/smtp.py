@@ -564,7 +564,7 @@ class SmtpTransport:
 
 def _data_bytes(envelope: Envelope) -> bytes:
     """The message as it travels after DATA's 354: dot-stuffed, ending in CRLF "." CRLF."""
-    # str.replace finds line feeds at memchr speed; a regex tries "^" at every byte
+    # bytes.replace finds line feeds at memchr speed; a regex tries "^" at every byte
     payload = envelope.data.replace(b"\n.", b"\n..")
     if payload.startswith(b"."):
         payload = b"." + payload
