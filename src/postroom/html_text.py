@@ -17,103 +17,10 @@ _LINES = frozenset(
 )  # fmt: skip
 
 
+# line breaks owed at a block's start and end (a list item's start writes its own)
+_BREAKS_AT_START = {tag: 2 for tag in _PARAGRAPHS} | {tag: 1 for tag in _LINES - {"li"}}
+_BREAKS_AT_END = {tag: 2 for tag in _PARAGRAPHS} | {tag: 1 for tag in _LINES}
 _BLANK_LINES = re.compile(r"\n{3,}")
-
-
-class _TextExtractor:
-    """Collects readable text: blocks become line breaks, links keep their address.
-
-    Driven by ``_feed`` with the events ``html.parser.HTMLParser`` would report: tag names
-    and attribute names lower-cased, character references in text and values resolved.
-    """
-
-    def __init__(self) -> None:
-        self.out: list[str] = []
-        self._breaks = 0  # line breaks owed before the next text
-        self._space = False  # a space is owed before the next text on the same line
-        self._skip = 0
-        self._pre = 0
-        self._lists = 0
-        self._links: list[tuple[str, int]] = []
-
-    def _break(self, count: int) -> None:
-        self._breaks = max(self._breaks, count)
-
-    def _emit(self, text: str) -> None:
-        if self._breaks and self.out:
-            self.out.append("\n" * self._breaks)
-            self._space = False
-        elif self._space and self.out and not self.out[-1].endswith(("\n", " ")):
-            self.out.append(" ")
-        self._breaks, self._space = 0, False
-        self.out.append(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED:
-            self._skip += 1
-        elif self._skip:
-            return
-        elif tag == "br":
-            self._emit("\n")
-        elif tag in ("ul", "ol"):
-            self._lists += 1
-            self._break(1 if self._lists > 1 else 2)
-        elif tag == "li":
-            self._break(1)
-            self._emit("  " * max(self._lists - 1, 0) + "- ")
-        elif tag in ("td", "th"):
-            self._space = True
-        elif tag == "a":
-            self._links.append((dict(attrs).get("href") or "", len(self.out)))
-        elif tag == "img" and (alt := dict(attrs).get("alt")):
-            self.handle_data(alt)
-        if tag in _PARAGRAPHS or (tag in _LINES and tag != "li"):
-            self._break(2 if tag in _PARAGRAPHS else 1)
-        if tag == "pre":
-            self._pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED:
-            self._skip = max(self._skip - 1, 0)
-        elif self._skip:
-            return
-        elif tag == "a" and self._links:
-            href, start = self._links.pop()
-            self._end_link(href, "".join(self.out[start:]).strip())
-        elif tag in ("ul", "ol"):
-            self._lists = max(self._lists - 1, 0)
-            self._break(2 if not self._lists else 1)
-        if tag in _PARAGRAPHS or tag in _LINES:
-            self._break(2 if tag in _PARAGRAPHS else 1)
-        if tag == "pre":
-            self._pre = max(self._pre - 1, 0)
-
-    def _end_link(self, href: str, text: str) -> None:
-        if not href or href.startswith(("#", "javascript:")):
-            return
-        shown = href.removeprefix("mailto:")
-        if not text:
-            self._emit(shown)
-        elif text not in (href, shown):
-            self.out.append(f" ({shown})")
-
-    def text(self) -> str:
-        """What was collected, with trailing spaces and runs of blank lines removed."""
-        lines = [line.rstrip() for line in "".join(self.out).split("\n")]
-        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if self._pre:
-            self._emit(data)
-            return
-        words = data.split()
-        if data[:1].isspace():
-            self._space = True
-        if words:
-            self._emit(" ".join(words))
-        self._space = data[-1:].isspace()
 
 
 # One token of HTML, as tolerant as html.parser: text; a comment, marked section, declaration
@@ -142,18 +49,55 @@ _RAW_TEXT_END = {
 }
 
 
-def _attributes(source: str) -> list[tuple[str, str | None]]:
-    found: list[tuple[str, str | None]] = []
+def _attribute(source: str, wanted: str) -> str | None:
+    """The value of attribute ``wanted`` (lower-case) in a start tag's ``source``; the last wins."""
+    value: str | None = None
+    if "=" not in source:  # names alone carry no value
+        return None
     for attribute in _ATTRIBUTE.finditer(source):
-        name, value = attribute.groups()
-        if value is not None and value[:1] in ("'", '"'):
-            value = value[1:-1]
-        found.append((name.lower(), None if value is None else unescape(value)))
-    return found
+        name, raw = attribute.groups()
+        if name.lower() == wanted:
+            if raw is not None and raw[:1] in ("'", '"'):
+                raw = raw[1:-1]
+            value = None if raw is None else unescape(raw)
+    return value
 
 
-def _feed(extractor: _TextExtractor, html: str) -> None:
-    """Tokenize ``html`` and report each token to ``extractor``."""
+def _emit(out: list[str], text: str, breaks: int, space: bool) -> None:
+    """Add ``text`` after the line breaks or the space owed before it."""
+    if breaks and out:
+        out.append("\n" * breaks)
+    elif space and out and not out[-1].endswith(("\n", " ")):
+        out.append(" ")
+    out.append(text)
+
+
+def _data(out: list[str], data: str, breaks: int, space: bool, pre: int) -> tuple[int, bool]:
+    """Add text content: as is inside <pre>, else its words; returns what is owed after it."""
+    if pre:
+        _emit(out, data, breaks, space)
+        return 0, False
+    words = data.split()
+    if words:
+        _emit(out, " ".join(words), breaks, space or data[0].isspace())
+        breaks = 0
+    return breaks, data[-1:].isspace()
+
+
+def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see below)
+    """A plain-text rendering of ``html`` for the text/plain part of an email.
+
+    Blocks become line breaks (paragraphs and headings a blank line), list items get a "- "
+    indented by nesting, table cells a space, links keep their address after their text,
+    images their alt text; head, script, style, template and title are left out. One loop
+    over the tokens with the state in local variables: method calls per token made this
+    most of ``send()``'s own time for an HTML email.
+    """
+    out: list[str] = []
+    breaks = 0  # line breaks owed before the next text
+    space = False  # a space is owed before the next text on the same line
+    skip = pre = lists = 0  # open skipped elements, <pre> elements and lists
+    links: list[tuple[str, int]] = []  # open links: the href, and where their text starts
     position, length = 0, len(html)
     match = _TOKEN.match
     while position < length:
@@ -161,30 +105,82 @@ def _feed(extractor: _TextExtractor, html: str) -> None:
         assert token is not None  # the last alternative matches any "<"
         position = token.end()
         kind = token.lastgroup  # None for what is skipped
-        if kind == "text":
-            text = token.group()
-            extractor.handle_data(unescape(text) if "&" in text else text)
-        elif kind == "attrs":  # a start tag
+        if kind is None:
+            continue
+        if kind == "text" or kind == "broken" or kind == "lt":  # text, or markup read as text
+            if skip:
+                continue
+            data = token.group()
+            if "&" in data:
+                data = unescape(data)
+            if pre:
+                _emit(out, data, breaks, space)
+                breaks, space = 0, False
+                continue
+            words = data.split()
+            if words:
+                if breaks and out:
+                    out.append("\n" * breaks)
+                elif (space or data[0].isspace()) and out and out[-1][-1:] not in ("\n", " "):
+                    out.append(" ")
+                out.append(" ".join(words))
+                breaks = 0
+            space = data[-1:].isspace()
+            continue
+        closing: str | None = None  # the end tag this token closes
+        if kind == "end":
+            closing = token["end"].lower()
+        else:  # a start tag
             tag, attrs = token["start"].lower(), token["attrs"]
-            extractor.handle_starttag(tag, _attributes(attrs) if "=" in attrs else [])
+            if tag in _SKIPPED:
+                skip += 1
+            elif not skip:
+                if tag == "br":
+                    _emit(out, "\n", breaks, space)
+                    breaks, space = 0, False
+                elif tag == "ul" or tag == "ol":
+                    lists += 1
+                    breaks = max(breaks, 1 if lists > 1 else 2)
+                elif tag == "li":
+                    _emit(out, "  " * max(lists - 1, 0) + "- ", max(breaks, 1), space)
+                    breaks, space = 0, False
+                elif tag == "td" or tag == "th":
+                    space = True
+                elif tag == "a":
+                    links.append((_attribute(attrs, "href") or "", len(out)))
+                elif tag == "img" and (alt := _attribute(attrs, "alt")):
+                    breaks, space = _data(out, alt, breaks, space, pre)
+                if (count := _BREAKS_AT_START.get(tag, 0)) > breaks:
+                    breaks = count
+                if tag == "pre":
+                    pre += 1
             if attrs.endswith("/"):
-                extractor.handle_endtag(tag)
+                closing = tag
             elif tag in _RAW_TEXT_END:
-                closing = _RAW_TEXT_END[tag].search(html, position)
-                end = closing.start() if closing else length
-                if end > position:
-                    extractor.handle_data(html[position:end])
-                if closing:
-                    extractor.handle_endtag(tag)
-                position = closing.end() if closing else length
-        elif kind == "end":
-            extractor.handle_endtag(token["end"].lower())
-        elif kind is not None:  # "broken" markup, or a lone "<": text
-            extractor.handle_data(unescape(token.group()))
-
-
-def html_to_text(html: str) -> str:
-    """A plain-text rendering of ``html`` for the text/plain part of an email."""
-    extractor = _TextExtractor()
-    _feed(extractor, html)
-    return extractor.text()
+                # skipped (script and style are): only where it ends matters
+                end = _RAW_TEXT_END[tag].search(html, position)
+                position, closing = (end.end(), tag) if end else (length, None)
+        if closing is None:
+            continue
+        if closing in _SKIPPED:
+            skip = max(skip - 1, 0)
+        elif not skip:
+            if closing == "a" and links:
+                href, start = links.pop()
+                if href and not href.startswith(("#", "javascript:")):
+                    shown = href.removeprefix("mailto:")
+                    text = "".join(out[start:]).strip()
+                    if not text:
+                        _emit(out, shown, breaks, space)
+                        breaks, space = 0, False
+                    elif text != href and text != shown:
+                        out.append(f" ({shown})")
+            elif closing == "ul" or closing == "ol":
+                lists = max(lists - 1, 0)
+                breaks = max(breaks, 2 if not lists else 1)
+            if (count := _BREAKS_AT_END.get(closing, 0)) > breaks:
+                breaks = count
+            if closing == "pre":
+                pre = max(pre - 1, 0)
+    lines = [line.rstrip() for line in "".join(out).split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
