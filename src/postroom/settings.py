@@ -73,8 +73,10 @@ class Settings(BaseSettings):
     recover_interval_seconds: float = Field(default=30.0, gt=0)
     broker_timeout_seconds: float = Field(default=4.0, gt=0)
     # Delivery tasks published by send() are at least this far apart; ids sent in between
-    # travel together. An isolated send() is published at once.
-    publish_interval_seconds: float = Field(default=0.02, ge=0, le=5)
+    # travel together. An isolated send() is published at once. Each publish holds the
+    # interpreter for about 0.3 ms, stalling whichever send() runs then: at 0.02 s that was
+    # 1 send in 20 under load (send() p99 1.85 ms), at 0.1 s 1 in 100 (p99 1.56-1.60 ms).
+    publish_interval_seconds: float = Field(default=0.1, ge=0, le=5)
 
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
