@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import event
+
 from postroom import claims
 from postroom.db import utcnow
 from postroom.messages import MessageStatus
@@ -157,3 +159,64 @@ def test_concurrent_claims_on_postgresql_skip_each_others_rows(
     assert len(held) == len(other) == 4
     assert not {m.id for m in held} & {m.id for m in other}
     client.close()
+
+
+def _claim_plan(session, ids, *, stream, limit, now):
+    """PostgreSQL's plan for the claim of ``ids`` topped up from ``stream``, as text."""
+    statement = claims._claim_statement("postgresql", with_ids=True, with_stream=True)
+    params = {
+        "b_now": now,
+        "b_lease_until": now + LEASE,
+        "b_limit": limit,
+        "b_ids": list(ids),
+        "b_stream": stream,
+    }
+    connection = session.connection()
+
+    def explain(conn, cursor, sql, parameters, context, executemany):
+        return f"EXPLAIN {sql}", parameters
+
+    event.listen(connection, "before_cursor_execute", explain, retval=True)
+    try:
+        return "\n".join(row[0] for row in connection.execute(statement, params))
+    finally:
+        event.remove(connection, "before_cursor_execute", explain)
+
+
+def test_the_claim_on_postgresql_reads_only_what_it_claims_before_any_statistics(
+    make_settings, postgres_database_url
+):
+    # A table just filled and never analysed (autovacuum has not come round yet) is where a
+    # planner guessing "a handful of due rows" would read the whole backlog once per batch.
+    from postroom.client import Postroom
+
+    client = Postroom(make_settings(database_url=postgres_database_url), publish=lambda s, i: None)
+    result = client.send_batch(
+        ({"to": f"u{i}@example.com", "subject": "s", "text": "x"} for i in range(5000)),
+        stream="transactional",
+        keep_ids=True,
+    )
+    requested = result.ids[-80:]
+    with client.sessions.begin() as session:
+        plan = _claim_plan(session, requested, stream="transactional", limit=100, now=utcnow())
+        session.rollback()
+    client.close()
+    parts = _cte_parts(plan)
+    # the requested ids: one primary-key lookup each, never a scan of every due row
+    assert "Index Scan using postroom_messages_pkey" in parts["wanted"], plan
+    assert "Bitmap" not in parts["wanted"] and "Seq Scan" not in parts["wanted"], plan
+    # the top-up: the stream's claimable rows in index order, stopping at the limit unsorted
+    assert "Index Scan using ix_postroom_messages_claimable" in parts["oldest"], plan
+    assert "Sort" not in parts["oldest"] and "Bitmap" not in parts["oldest"], plan
+
+
+def _cte_parts(plan):
+    """The plan's lines under each ``CTE name`` heading, by name."""
+    parts: dict[str, str] = {}
+    name = ""
+    for line in plan.splitlines():
+        heading = line.strip()
+        if heading.startswith("CTE ") and not heading.startswith("CTE Scan"):
+            name = heading.removeprefix("CTE ")
+        parts[name] = parts.get(name, "") + line + "\n"
+    return parts

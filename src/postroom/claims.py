@@ -26,8 +26,10 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -35,7 +37,7 @@ from sqlalchemy.orm import Session, aliased
 
 from postroom.db import UTCDateTime
 from postroom.events import MessageEvent, NewEvent, append_events
-from postroom.messages import CLAIMABLE, Message, MessageStatus
+from postroom.messages import CLAIMABLE_VALUES, Message, MessageStatus
 
 
 def claim_due(
@@ -85,7 +87,7 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
     postgresql = dialect == "postgresql"
     now = bindparam("b_now", type_=UTCDateTime())
     limit = bindparam("b_limit", type_=Integer())
-    due = (Message.status.in_(CLAIMABLE), Message.next_attempt_at <= now)
+    due = (_claimable(), Message.next_attempt_at <= now)
     # Each part locks its rows; PostgreSQL lets concurrent workers skip each other's rows
     # instead of queueing on them. The top-up reads the stream's index in order and stops at
     # the limit: sorting every due row would cost a scan of the whole backlog per batch.
@@ -110,9 +112,12 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
     # A CTE, evaluated once: as a plain IN (subquery) PostgreSQL may re-run the locking
     # subquery per row, each run skipping the rows just claimed, and so ignore the LIMIT.
     batch = select(both.c.id).order_by(both.c.rank).limit(limit).cte("batch")
+    # On PostgreSQL every row of the batch is already locked by this statement, after its
+    # conditions were checked against the row's newest version; checking them again here would
+    # only offer the planner a scan of every due row instead of a primary-key lookup per id.
     claim = (
         update(Message)
-        .where(Message.id.in_(select(batch.c.id)), *due)
+        .where(Message.id.in_(select(batch.c.id)), *(() if postgresql else due))
         .values(
             status=MessageStatus.SENDING.value,
             lease_until=bindparam("b_lease_until", type_=UTCDateTime()),
@@ -137,6 +142,11 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
     return select(entity).add_cte(events.cte("claim_events"))
 
 
+def _claimable() -> ColumnElement[bool]:
+    """``status IN ('deferred', 'queued')`` as literals, the partial claim index's predicate."""
+    return Message.status.in_([literal_column(f"'{value}'") for value in CLAIMABLE_VALUES])
+
+
 def _ids_param(postgresql: bool) -> BindParameter[Any]:
     """The ``ids`` parameter: one array on PostgreSQL, an expanded list elsewhere."""
     if postgresql:
@@ -155,17 +165,20 @@ def _wanted(due: tuple[ColumnElement[bool], ...], *, postgresql: bool) -> Select
     ranked = select(Message.id, literal(0).label("rank"))
     if not postgresql:
         return ranked.where(Message.id.in_(_ids_param(postgresql)), *due)
-    # Driven by the ids through the primary key: an IN list lets the planner of a table it
-    # has no statistics for yet scan every due row and compare each with every id.
+    # One primary-key lookup per id, whatever the statistics say. As a join, a planner with
+    # none yet (a fresh table, or a burst after a quiet spell) estimates the due rows at a
+    # handful and reads every one of them to match the ids; the locking subquery cannot be
+    # flattened into a join, so the lookups are the only plan left.
     requested = (
         func.unnest(_ids_param(postgresql)).table_valued("id").render_derived(name="requested")
     )
-    return (
-        ranked.select_from(requested)
-        .join(Message, Message.id == requested.c.id)
-        .where(*due)
-        .with_for_update(skip_locked=True, of=Message)
+    locked = (
+        select(Message.id)
+        .where(Message.id == requested.c.id, *due)
+        .with_for_update(skip_locked=True)
+        .lateral("locked")
     )
+    return select(locked.c.id, literal(0).label("rank")).select_from(requested).join(locked, true())
 
 
 @dataclass(frozen=True)
@@ -201,7 +214,7 @@ def mark_dispatchable(
     candidates = (
         select(Message.id)
         .where(
-            Message.status.in_(CLAIMABLE),
+            _claimable(),
             Message.next_attempt_at <= now,
             or_(Message.dispatched_at.is_(None), Message.dispatched_at < stale),
         )
@@ -213,7 +226,7 @@ def mark_dispatchable(
         .where(
             Message.id.in_(candidates.scalar_subquery()),
             # re-checked here: the row may have been claimed since the subquery saw it
-            Message.status.in_(CLAIMABLE),
+            _claimable(),
             or_(Message.dispatched_at.is_(None), Message.dispatched_at < stale),
         )
         .values(dispatched_at=now)

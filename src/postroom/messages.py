@@ -20,6 +20,7 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -55,6 +56,11 @@ class MessageStatus(StrEnum):
 S = MessageStatus
 FINAL = frozenset({S.SENT, S.FAILED, S.CANCELLED, S.SUPPRESSED})
 CLAIMABLE = frozenset({S.QUEUED, S.DEFERRED})
+# "Claimable" as SQL with literal values in a fixed order: a partial index serves only queries
+# whose predicate it can prove its own, which a bound parameter (a prepared statement's
+# generic plan) or a set's per-process order would defeat.
+CLAIMABLE_VALUES = tuple(sorted(CLAIMABLE))
+CLAIMABLE_SQL = text("status IN ({})".format(", ".join(f"'{v}'" for v in CLAIMABLE_VALUES)))
 CANCELLABLE = frozenset({S.SCHEDULED, S.QUEUED, S.DEFERRED})
 ALLOWED: dict[MessageStatus, frozenset[MessageStatus]] = {
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
@@ -75,9 +81,17 @@ class Message(Base):
     __table_args__ = (
         # claim_due and the dispatch sweep: "status IN (...) AND next_attempt_at <= now"
         Index("ix_postroom_messages_due", "status", "next_attempt_at"),
-        # claim_due's top-up: the oldest due messages of one stream, read in index order
-        # (sent, failed and cancelled rows have no next_attempt_at, so they are not even read)
-        Index("ix_postroom_messages_stream_due", "stream", "next_attempt_at"),
+        # claim_due's top-up: the oldest claimable messages of one stream, read in index order.
+        # Partial, so a row leaves it when claimed: a backlog being drained is not read past
+        # again by every batch, and the planner picks the ordered scan even before it has
+        # statistics (a fresh table, or a burst after a quiet spell).
+        Index(
+            "ix_postroom_messages_claimable",
+            "stream",
+            "next_attempt_at",
+            postgresql_where=CLAIMABLE_SQL,
+            sqlite_where=CLAIMABLE_SQL,
+        ),
         # recover_expired: "status = 'sending' AND lease_until < now"
         Index("ix_postroom_messages_lease", "status", "lease_until"),
     )
