@@ -26,7 +26,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    literal_column,
     or_,
     select,
     true,
@@ -37,7 +36,7 @@ from sqlalchemy.orm import Session, aliased
 
 from postroom.db import UTCDateTime
 from postroom.events import MessageEvent, NewEvent, append_events
-from postroom.messages import CLAIMABLE_VALUES, Message, MessageStatus
+from postroom.messages import Message, MessageStatus, is_claimable
 
 
 def claim_due(
@@ -87,7 +86,7 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
     postgresql = dialect == "postgresql"
     now = bindparam("b_now", type_=UTCDateTime())
     limit = bindparam("b_limit", type_=Integer())
-    due = (_claimable(), Message.next_attempt_at <= now)
+    due = (is_claimable(Message.status), Message.next_attempt_at <= now)
     # Each part locks its rows; PostgreSQL lets concurrent workers skip each other's rows
     # instead of queueing on them. The top-up reads the stream's index in order and stops at
     # the limit: sorting every due row would cost a scan of the whole backlog per batch.
@@ -140,11 +139,6 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
     )
     entity = aliased(Message, claimed_rows)
     return select(entity).add_cte(events.cte("claim_events"))
-
-
-def _claimable() -> ColumnElement[bool]:
-    """``status IN ('deferred', 'queued')`` as literals, the partial claim index's predicate."""
-    return Message.status.in_([literal_column(f"'{value}'") for value in CLAIMABLE_VALUES])
 
 
 def _ids_param(postgresql: bool) -> BindParameter[Any]:
@@ -214,7 +208,7 @@ def mark_dispatchable(
     candidates = (
         select(Message.id)
         .where(
-            _claimable(),
+            is_claimable(Message.status),
             Message.next_attempt_at <= now,
             or_(Message.dispatched_at.is_(None), Message.dispatched_at < stale),
         )
@@ -226,7 +220,7 @@ def mark_dispatchable(
         .where(
             Message.id.in_(candidates.scalar_subquery()),
             # re-checked here: the row may have been claimed since the subquery saw it
-            _claimable(),
+            is_claimable(Message.status),
             or_(Message.dispatched_at.is_(None), Message.dispatched_at < stale),
         )
         .values(dispatched_at=now)

@@ -19,16 +19,17 @@ from sqlalchemy import (
     Text,
     bindparam,
     insert,
+    literal_column,
     select,
-    text,
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import column as sql_column
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, QueryableAttribute, Session, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import Insert
 
@@ -56,11 +57,18 @@ class MessageStatus(StrEnum):
 S = MessageStatus
 FINAL = frozenset({S.SENT, S.FAILED, S.CANCELLED, S.SUPPRESSED})
 CLAIMABLE = frozenset({S.QUEUED, S.DEFERRED})
-# "Claimable" as SQL with literal values in a fixed order: a partial index serves only queries
-# whose predicate it can prove its own, which a bound parameter (a prepared statement's
-# generic plan) or a set's per-process order would defeat.
-CLAIMABLE_VALUES = tuple(sorted(CLAIMABLE))
-CLAIMABLE_SQL = text("status IN ({})".format(", ".join(f"'{v}'" for v in CLAIMABLE_VALUES)))
+
+
+def is_claimable(status: ColumnElement[str] | QueryableAttribute[str]) -> ColumnElement[bool]:
+    """``status IN ('deferred', 'queued')``: the partial claim index's predicate and the queries'.
+
+    Literal values in a fixed order: a partial index serves only queries whose predicate it can
+    prove its own, which a bound parameter (a prepared statement's generic plan) or a set's
+    per-process order would defeat.
+    """
+    return status.in_([literal_column(f"'{value}'") for value in sorted(CLAIMABLE)])
+
+
 CANCELLABLE = frozenset({S.SCHEDULED, S.QUEUED, S.DEFERRED})
 ALLOWED: dict[MessageStatus, frozenset[MessageStatus]] = {
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
@@ -89,8 +97,8 @@ class Message(Base):
             "ix_postroom_messages_claimable",
             "stream",
             "next_attempt_at",
-            postgresql_where=CLAIMABLE_SQL,
-            sqlite_where=CLAIMABLE_SQL,
+            postgresql_where=is_claimable(sql_column("status")),
+            sqlite_where=is_claimable(sql_column("status")),
         ),
         # recover_expired: "status = 'sending' AND lease_until < now"
         Index("ix_postroom_messages_lease", "status", "lease_until"),
