@@ -1,5 +1,17 @@
 from __future__ import annotations
 
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import kombu
+import pytest
+
 from postroom.client import Postroom
 from postroom.tasks import (
     BULK_QUEUE,
@@ -11,6 +23,8 @@ from postroom.tasks import (
     TRANSACTIONAL_QUEUE,
     queue_for,
 )
+from tests.integration.support import queued_ids
+from tests.servers import unavailable
 
 
 def test_streams_map_to_their_queues_and_transactional_is_drained_first():
@@ -49,3 +63,122 @@ def test_the_deliver_task_body_delivers_through_the_client(client, outbox):
     client.celery.tasks[DELIVER_TASK].run([message.id])
     assert client.get_message(message.id).status == "sent"
     assert len(outbox) == 1
+
+
+@pytest.fixture
+def brokered(make_settings, sqlite_url, redis_server) -> Iterator[Postroom]:
+    """A client publishing to a real Redis broker."""
+    client = Postroom(make_settings(database_url=sqlite_url, broker_url=redis_server.url))
+    yield client
+    client.close()
+
+
+def sent_and_published(client: Postroom, count: int) -> list[str]:
+    ids = [client.send(f"user{n}@example.com", "Hi", text="x").id for n in range(count)]
+    assert client.flush_publications()
+    return ids
+
+
+def test_a_published_task_is_the_one_a_worker_runs(brokered, redis_server):
+    [message_id] = sent_and_published(brokered, 1)
+    [raw] = redis_server.client().lrange(TRANSACTIONAL_QUEUE, 0, -1)
+    envelope = json.loads(raw)
+    assert envelope["headers"]["task"] == DELIVER_TASK
+    args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    assert (args, kwargs) == ([[message_id], "transactional"], {})
+    assert envelope["properties"]["delivery_info"]["routing_key"] == TRANSACTIONAL_QUEUE
+
+
+def test_a_connection_the_broker_dropped_is_replaced_without_losing_or_doubling_a_task(
+    brokered, redis_server
+):
+    first = sent_and_published(brokered, 2)
+    redis = redis_server.client()
+    # as a broker restart or an idle timeout would: every client connection but this one goes
+    assert redis.client_kill_filter(_type="normal", skipme=True) >= 1
+    second = sent_and_published(brokered, 2)
+    assert sorted(queued_ids(redis_server)) == sorted(first + second)
+
+
+def test_a_broker_restart_costs_no_task_sent_after_it(brokered, redis_server):
+    before = sent_and_published(brokered, 1)
+    redis_server.stop()
+    redis_server.start()  # no persistence: what was queued is gone, the sweep's case
+    after = sent_and_published(brokered, 3)
+    assert sorted(queued_ids(redis_server)) == sorted(after)
+    assert set(before).isdisjoint(queued_ids(redis_server))
+
+
+def test_a_forked_child_publishes_on_its_own_connection(brokered, redis_server):
+    parent_before = sent_and_published(brokered, 1)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        status = 1
+        try:
+            ids = sent_and_published(brokered, 2)
+            os.write(write, json.dumps(ids).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with os.fdopen(read) as pipe:
+        child_ids = json.loads(pipe.read())
+    # the child's exit did not close the parent's socket under it
+    parent_after = sent_and_published(brokered, 1)
+    assert sorted(queued_ids(redis_server)) == sorted(parent_before + child_ids + parent_after)
+
+
+@pytest.fixture
+def rabbitmq_vhost() -> Iterator[str]:
+    """A throwaway virtual host on the local RabbitMQ (127.0.0.1:5672, guest), as a broker URL."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        unavailable("rabbitmqctl is not installed")
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        unavailable("RabbitMQ does not answer on 127.0.0.1:5672")
+    vhost = f"postroom-test-{uuid.uuid4().hex[:8]}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    ctl("add_vhost", vhost)
+    try:
+        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield vhost
+    finally:
+        ctl("delete_vhost", vhost)
+
+
+def test_on_a_broker_that_does_not_reconnect_by_itself_a_closed_connection_is_replaced(
+    make_settings, sqlite_url, rabbitmq_vhost
+):
+    # redis-py reconnects on its own; py-amqp does not, so this is where the publisher's
+    # own retry on a fresh connection shows
+    url = f"amqp://guest:guest@127.0.0.1:5672/{rabbitmq_vhost}"
+    client = Postroom(make_settings(database_url=sqlite_url, broker_url=url))
+    try:
+        first = sent_and_published(client, 1)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_all_connections", "--vhost", rabbitmq_vhost, "test"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        second = sent_and_published(client, 1)
+        with kombu.Connection(url) as connection:
+            queue = connection.SimpleQueue(TRANSACTIONAL_QUEUE)
+            carried = []
+            for _ in first + second:
+                task = queue.get(timeout=5)
+                carried.extend(task.payload[0][0])
+                task.ack()
+            assert queue.qsize() == 0
+            queue.close()
+        assert carried == first + second
+    finally:
+        client.close()

@@ -28,7 +28,7 @@ from postroom.messages import Message, MessageStatus
 from postroom.mime import Sign
 from postroom.publishing import BackgroundPublisher, Publish, publish_or_leave_to_sweep
 from postroom.settings import Settings
-from postroom.tasks import create_celery, publish_deliver
+from postroom.tasks import DeliveryPublisher, create_celery
 from postroom.transports import Transport
 from postroom.transports.registry import RegistryConfig, TransportRegistry
 
@@ -70,6 +70,7 @@ class Postroom:
         self._registry: TransportRegistry | None = None
         self._limiter: tuple[int, Limiter] | None = None
         self._celery: Celery | None = None
+        self._deliveries = DeliveryPublisher(lambda: self.celery)
         self._dkim_signer: DkimSigner | None = None
         self._renderer: TemplateRenderer | None = None
         self._limits = Limits(
@@ -541,11 +542,12 @@ class Postroom:
         if self._publish_override is not None:
             self._publish_override(stream, ids)
         else:
-            publish_deliver(self.celery, stream, ids)
+            self._deliveries.publish(stream, ids)
 
     def close(self) -> None:
         """Publish what is pending, then close this process's database and transport connections."""
         self._background.close()
+        self._deliveries.close()
         if self._registry is not None:
             self._registry.close()
         self._engines.dispose()

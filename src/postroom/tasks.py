@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Producer, Queue
 from kombu.utils.uuid import uuid
 
 from postroom.drafts import Stream
@@ -20,6 +24,8 @@ MAINTENANCE_QUEUE = "postroom.maintenance"
 # behind a transactional backlog retries and lost tasks would wait for the backlog to clear.
 # Transactional comes before bulk, so bulk never delays it.
 QUEUES = (MAINTENANCE_QUEUE, TRANSACTIONAL_QUEUE, BULK_QUEUE)
+
+logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "postroom.deliver"
 DISPATCH_DUE_TASK = "postroom.dispatch_due"
@@ -106,32 +112,91 @@ def create_celery(client: Postroom) -> Celery:
     return app
 
 
-def publish_deliver(app: Celery, stream: str, ids: list[str]) -> None:
-    """Publish one ``deliver(ids, stream)`` task straight to its stream's queue.
+class DeliveryPublisher:
+    """Publishes ``deliver(ids, stream)`` tasks straight to their stream's queue.
 
     ``send_task`` would route through the ``postroom`` exchange (on Redis, a binding lookup
     per message), fire publish signals and render the arguments for monitoring; a task that
-    carries ids needs none of it, and its publisher shares the process with the caller.
-    The message is the one ``send_task`` would publish, so any worker consumes it.
+    carries ids needs none of it. The message is the one ``send_task`` would publish, so any
+    worker consumes it. This runs in the producer's process beside its sends, each publish
+    holding the interpreter while a send waits for it: so one connection and producer are kept
+    instead of being taken from Celery's pool and wrapped in kombu's retry machinery per task
+    (that made up about half of a publish's CPU: 310 µs against 170 µs here). A publish that
+    fails on a broken connection is retried once on a fresh one, as Celery's publish retry
+    policy here would; a second failure is raised.
     """
-    queue = app.amqp.queues[queue_for(stream)]
-    task_id = uuid()
-    message = app.amqp.as_task_v2(
-        task_id,
-        DELIVER_TASK,
-        args=(ids, stream),
-        argsrepr=f"[<{len(ids)} ids>, {stream!r}]",
-        kwargsrepr="{}",
-    )
-    with app.producer_or_acquire() as producer:
+
+    def __init__(self, app: Callable[[], Celery]) -> None:
+        # called at the first publish: a client that never publishes needs no Celery app
+        self._get_app = app
+        self._app: Celery | None = None
+        self._lock = threading.Lock()  # the sweep may publish beside the background thread
+        self._pid = 0
+        self._connection: Connection | None = None
+        self._producer: Producer | None = None
+
+    def publish(self, stream: str, ids: list[str]) -> None:
+        """Publish one task carrying ``ids``; raises if the broker cannot be reached."""
+        app = self._app = self._app or self._get_app()
+        queue = app.amqp.queues[queue_for(stream)]
+        message = app.amqp.as_task_v2(
+            uuid(),
+            DELIVER_TASK,
+            args=(ids, stream),
+            argsrepr=f"[<{len(ids)} ids>, {stream!r}]",
+            kwargsrepr="{}",
+        )
+        with self._lock:
+            try:
+                self._publish(self._producer_for(app), queue, message)
+            except self._recoverable_errors():
+                self._release()
+                self._publish(self._producer_for(app), queue, message)
+
+    def close(self) -> None:
+        """Release the broker connection; the next publish opens a new one."""
+        with self._lock:
+            self._release()
+
+    @staticmethod
+    def _publish(producer: Producer, queue: Queue, message: Any) -> None:
         producer.publish(
             message.body,
             exchange="",  # the default exchange: the routing key names the queue
             routing_key=queue.name,
-            declare=[queue],
             serializer="json",
             headers=message.headers,
-            retry=True,
-            retry_policy=app.conf.task_publish_retry_policy,
+            retry=False,
             **message.properties,
         )
+
+    def _producer_for(self, app: Celery) -> Producer:
+        # a forked child must not write on its parent's socket
+        if self._producer is None or self._pid != os.getpid():
+            connection = app.connection_for_write()
+            try:
+                channel = connection.channel()
+                # declared once per connection: kombu's per-publish declare check binds a copy
+                # of the queue each time, a fifth of the publish
+                for name in (TRANSACTIONAL_QUEUE, BULK_QUEUE):
+                    app.amqp.queues[name].bind(channel).declare()
+            except BaseException:
+                connection.release()
+                raise
+            self._connection, self._pid = connection, os.getpid()
+            self._producer = app.amqp.Producer(channel, auto_declare=False)
+        return self._producer
+
+    def _recoverable_errors(self) -> tuple[type[BaseException], ...]:
+        connection = self._connection
+        if connection is None:
+            return ()
+        return connection.connection_errors + connection.channel_errors
+
+    def _release(self) -> None:
+        connection, self._connection, self._producer = self._connection, None, None
+        if connection is not None and self._pid == os.getpid():
+            try:
+                connection.release()
+            except Exception:  # a broken connection may fail to close; it is dropped anyway
+                logger.debug("closing a broker connection failed", exc_info=True)
