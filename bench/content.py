@@ -10,23 +10,24 @@ from __future__ import annotations
 SENDER = "Postroom Bench <noreply@example.com>"
 SUBJECT = "Welcome to the Example API!"
 
+_TOPICS = (
+    "tokens",
+    "profiles",
+    "webhooks",
+    "billing",
+    "exports",
+    "limits",
+    "support",
+    "security",
+    "teams",
+    "invoices",
+    "privacy",
+    "status",
+)
 _FOOTER_ITEMS = "".join(
     f"<li><a href='https://example.com/help/{topic}'>{topic.title()}</a>: read how {topic} "
     f"works, with examples you can copy.</li>"
-    for topic in (
-        "tokens",
-        "profiles",
-        "webhooks",
-        "billing",
-        "exports",
-        "limits",
-        "support",
-        "security",
-        "teams",
-        "invoices",
-        "privacy",
-        "status",
-    )
+    for topic in _TOPICS
 )
 
 
@@ -64,3 +65,39 @@ def welcome_html(address: str) -> str:
     1 Example Street, Example Town. This is an automated message; please do not reply.</p>
 </body>
 </html>"""
+
+
+_FOOTER_LINES = "\n".join(
+    f"- {topic.title()} (https://example.com/help/{topic}): read how {topic} works, with "
+    "examples you can copy."
+    for topic in _TOPICS
+)
+
+
+def welcome_text(address: str) -> str:
+    """The same email as plain text, as an application rendering a .txt template beside its
+    .html one would give it."""
+    username = address.partition("@")[0]
+    return f"""Welcome to the Example API!
+
+Hello {username}!
+
+What you can do now:
+
+- Access protected endpoints using your token
+- View your profile at /api/profile/
+- Explore the API documentation
+
+Account Details:
+
+- Username: {username}
+- Email: {address}
+- Plan: Free & friendly
+
+Where to go next
+
+{_FOOTER_LINES}
+
+You receive this email because an account was created with this address. If that was not
+you, reply and we will remove it. Example Ltd, 1 Example Street, Example Town. This is an
+automated message; please do not reply."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench.content import recipient
+from bench.content import recipient, welcome_text
 from bench.services import Lab, Proc, SmtpSink, Usage, machine_busy_seconds, process_usage
 from bench.systems import System, payload
 
@@ -129,6 +129,25 @@ def end_to_end(lab: Lab, system: System, *, messages: int, concurrency: int) -> 
         "enqueue_per_second": messages / enqueue_seconds,
         "enqueue_latency": percentiles(latencies),
     }
+
+
+def send_with_text(lab: Lab, system: System, *, messages: int) -> dict[str, Any]:
+    """``send()`` latency when the application gives the text part too; no worker running.
+
+    The end-to-end loop sends HTML alone, as the seeds do, so postroom derives the text part
+    inside ``send()`` (the seeds' worker strips the tags instead); this is the same loop with
+    the text rendered by the application beforehand, as from a .txt template.
+    """
+    sink = lab.start_smtp_sink()
+    system.prepare(sink)
+    texts = [welcome_text(recipient("user", number)) for number in range(messages)]
+    latencies = []
+    for number in range(messages):
+        begin = time.perf_counter()
+        system.send(recipient("user", number), text=texts[number])
+        latencies.append(time.perf_counter() - begin)
+    lab.stop(sink.proc)
+    return {"messages": messages, "enqueue_latency": percentiles(latencies)}
 
 
 def api_load(lab: Lab, system: System, *, requests: int, clients: int) -> dict[str, Any]:

@@ -132,15 +132,13 @@ def attempt(label: str, phase: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def run_phases(
-    lab: Lab, args: argparse.Namespace, postroom: PostroomSystem, seeds: SeedsSystem
+def run_end_to_end(
+    lab: Lab, args: argparse.Namespace, postroom: PostroomSystem, systems: tuple[System, ...]
 ) -> dict[str, dict[str, Any]]:
-    """Every measurement, postroom first then the seeds for each; raw results by phase."""
-    results: dict[str, dict[str, Any]] = {}
-    systems: tuple[System, ...] = (postroom, seeds)
-    wanted = set(args.only or PHASES)
+    """The end-to-end rounds, interleaving the systems, and postroom's send() with text given."""
     rounds: dict[str, list[dict[str, Any]]] = {}
-    for number in range(args.rounds) if "e2e" in wanted else ():
+    with_text: list[dict[str, Any]] = []
+    for number in range(args.rounds):
         for concurrency in (1, 2):
             for system in systems:
                 label = f"end to end, {args.messages} messages, 1 worker of {concurrency}"
@@ -158,8 +156,29 @@ def run_phases(
                         ),
                     )
                 )
-    for key, results_of_rounds in rounds.items():
-        results[key] = median_round(results_of_rounds)
+        label = f"send() with the text part given, {args.messages} messages"
+        if args.rounds > 1:
+            label += f", round {number + 1} of {args.rounds}"
+        with_text.append(
+            attempt(
+                f"{label}: postroom",
+                functools.partial(measure.send_with_text, lab, postroom, messages=args.messages),
+            )
+        )
+    results = {key: median_round(results_of_rounds) for key, results_of_rounds in rounds.items()}
+    results["send_text_postroom"] = median_producer(with_text)
+    return results
+
+
+def run_phases(
+    lab: Lab, args: argparse.Namespace, postroom: PostroomSystem, seeds: SeedsSystem
+) -> dict[str, dict[str, Any]]:
+    """Every measurement, postroom first then the seeds for each; raw results by phase."""
+    results: dict[str, dict[str, Any]] = {}
+    systems: tuple[System, ...] = (postroom, seeds)
+    wanted = set(args.only or PHASES)
+    if "e2e" in wanted:
+        results |= run_end_to_end(lab, args, postroom, systems)
     if args.sqlite and "e2e" in wanted:
         sqlite = PostroomSystem(lab, "sqlite")
         results["e2e_c2_postroom_sqlite"] = attempt(
@@ -223,6 +242,20 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     if len(rounds) > 1:
         median["all_rounds"] = rounds
     return median
+
+
+def median_producer(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over the rounds of each round's producer p50 and p99, as ``median_round``."""
+    done = [r for r in rounds if "enqueue_latency" in r]
+    if not done:
+        return rounds[-1]
+    p99s = [r["enqueue_latency"]["p99_ms"] for r in done]
+    return {
+        "rounds": rounds,
+        "rounds_enqueue_p99_ms": p99s,
+        "enqueue_p99_ms_median": statistics.median(p99s),
+        "enqueue_p50_ms_median": statistics.median(r["enqueue_latency"]["p50_ms"] for r in done),
+    }
 
 
 def _get(result: dict[str, Any], *path: str) -> Any:
@@ -305,6 +338,14 @@ def build_rows(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
             _rounds_note(results, "e2e_c2", "rounds_enqueue_p99_ms") or "no worker running",
         ),
         Row(
+            "send(html, text) / .delay() latency p99",
+            "ms ↓",
+            _get(results.get("send_text_postroom", {}), "enqueue_p99_ms_median"),
+            _get(results.get("e2e_c2_seeds", {}), "enqueue_p99_ms_median"),
+            False,
+            _text_given_note(results),
+        ),
+        Row(
             f"POST /v1/messages p50, {clients} clients",
             "ms ↓",
             *pair("api", "latency", "p50_ms"),
@@ -371,6 +412,13 @@ def build_rows(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
         ),
     ]
     return rows
+
+
+def _text_given_note(results: dict[str, dict[str, Any]]) -> str:
+    """The rounds of the send() loop with the text part given, and what was compared."""
+    p99s = _get(results.get("send_text_postroom", {}), "rounds_enqueue_p99_ms") or []
+    rounds = f"postroom rounds {' / '.join(f'{p:.2f}' for p in p99s)}; " if len(p99s) > 1 else ""
+    return rounds + "the application gives the text part (seeds: the same .delay(html))"
 
 
 def _rounds_note(results: dict[str, dict[str, Any]], prefix: str, key: str) -> str:

@@ -29,8 +29,12 @@ class System(Protocol):
     def prepare(self, sink: SmtpSink, *, rate_limit: int | None = None) -> None:
         """Start afresh: an empty outbox and broker, delivering to ``sink``."""
 
-    def send(self, to: str, *, bulk: bool = False) -> None:
-        """Enqueue one welcome email to ``to``, as an application would."""
+    def send(self, to: str, *, bulk: bool = False, text: str | None = None) -> None:
+        """Enqueue one welcome email to ``to``, as an application would.
+
+        ``text``: the plain-text part, where the application renders its own; a system whose
+        producer takes only HTML (the seeds') ignores it.
+        """
 
     def send_bulk(self, addresses: list[str]) -> str:
         """Enqueue one email per address on the bulk path; returns the API used."""
@@ -125,9 +129,13 @@ class PostroomSystem:
         shutil.copyfile(self._template, path)
         return f"sqlite:///{path}"
 
-    def send(self, to: str, *, bulk: bool = False) -> None:
+    def send(self, to: str, *, bulk: bool = False, text: str | None = None) -> None:
         self._client.send(
-            to, SUBJECT, html=welcome_html(to), stream="bulk" if bulk else "transactional"
+            to,
+            SUBJECT,
+            html=welcome_html(to),
+            text=text,
+            stream="bulk" if bulk else "transactional",
         )
 
     def send_bulk(self, addresses: list[str]) -> str:
@@ -224,7 +232,7 @@ class SeedsSystem:
         if rate_limit is not None:
             self._env["BENCH_SEEDS_RATE_LIMIT"] = f"{rate_limit}/s"
 
-    def send(self, to: str, *, bulk: bool = False) -> None:
+    def send(self, to: str, *, bulk: bool = False, text: str | None = None) -> None:
         from bench.seeds_app import send_email
 
         # one queue for everything: the seeds have no separate bulk path
