@@ -267,16 +267,18 @@ def bulk_then_transactional(
     }
 
 
-def rate_limit(lab: Lab, system: System, *, limit: int, seconds: int) -> dict[str, Any]:
-    """``limit * seconds`` messages through 2 worker nodes of 1 process each, with a limit of
-    ``limit``/s; the densest 1-second window at the sink against the limit.
+def rate_limit(
+    lab: Lab, system: System, *, limit: int, seconds: int, concurrency: int
+) -> dict[str, Any]:
+    """``limit * seconds`` messages through 2 worker nodes of ``concurrency`` each, with a limit
+    of ``limit``/s; the densest 1-second window at the sink against the limit.
     """
     messages = limit * seconds
     sink = lab.start_smtp_sink(dump=True)
     system.prepare(sink, rate_limit=limit)
     for number in range(messages):
         system.send(recipient("rate", number))
-    workers = system.start_workers(nodes=2, concurrency=1, beat=True)
+    workers = system.start_workers(nodes=2, concurrency=concurrency, beat=True)
     arrivals: list[float] = []
     deadline = time.monotonic() + seconds * 4 + 30
     while len(arrivals) < messages and time.monotonic() < deadline:

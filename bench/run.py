@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--transactional", type=int, default=50)
     parser.add_argument("--transactional-interval", type=float, default=0.1)
     parser.add_argument("--rate-limit", type=int, default=10)
-    parser.add_argument("--rate-seconds", type=int, default=6)
+    # the figure: 2 worker processes of concurrency 4 sharing the limit for 60 s
+    parser.add_argument("--rate-seconds", type=int, default=60)
+    parser.add_argument("--rate-concurrency", type=int, default=4)
     parser.add_argument(
         "--sqlite", action="store_true", help="also run postroom's 2-process row on SQLite"
     )
@@ -214,7 +216,12 @@ def run_phases(
         results[f"rate_{system.name}"] = attempt(
             f"rate limit {args.rate_limit}/s, 2 worker nodes: {system.name}",
             functools.partial(
-                measure.rate_limit, lab, system, limit=args.rate_limit, seconds=args.rate_seconds
+                measure.rate_limit,
+                lab,
+                system,
+                limit=args.rate_limit,
+                seconds=args.rate_seconds,
+                concurrency=args.rate_concurrency,
             ),
         )
     return results
@@ -469,7 +476,8 @@ def _rate_row(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> R
         _get(postroom, "max_in_1s_window"),
         _get(seeds, "max_in_1s_window"),
         None,
-        f"limit {args.rate_limit}/s; 2 worker nodes of 1 process; mean {', '.join(means)}",
+        f"limit {args.rate_limit}/s for {args.rate_seconds} s; 2 worker nodes of concurrency "
+        f"{args.rate_concurrency}; mean {', '.join(means)}",
         postroom.get("skipped"),
     )
 
