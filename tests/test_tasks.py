@@ -8,6 +8,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import kombu
 import pytest
@@ -131,9 +132,28 @@ def test_a_forked_child_publishes_on_its_own_connection(brokered, redis_server):
     assert sorted(queued_ids(redis_server)) == sorted(parent_before + child_ids + parent_after)
 
 
+@dataclass
+class RabbitVhost:
+    """A virtual host of its own on the local RabbitMQ, reached as guest."""
+
+    name: str
+    rabbitmqctl: str
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run([self.rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    def close_connections(self) -> None:
+        """As a broker restart or a network cut would, from the broker's side."""
+        self.ctl("close_all_connections", "--vhost", self.name, "test")
+
+
 @pytest.fixture
-def rabbitmq_vhost() -> Iterator[str]:
-    """A throwaway virtual host on the local RabbitMQ (127.0.0.1:5672, guest), as a broker URL."""
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    """A throwaway virtual host on the local RabbitMQ (127.0.0.1:5672), deleted afterwards."""
     rabbitmqctl = shutil.which("rabbitmqctl")
     if rabbitmqctl is None:
         unavailable("rabbitmqctl is not installed")
@@ -141,17 +161,13 @@ def rabbitmq_vhost() -> Iterator[str]:
         socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
     except OSError:
         unavailable("RabbitMQ does not answer on 127.0.0.1:5672")
-    vhost = f"postroom-test-{uuid.uuid4().hex[:8]}"
-
-    def ctl(*args: str) -> None:
-        subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
-
-    ctl("add_vhost", vhost)
+    vhost = RabbitVhost(f"postroom-test-{uuid.uuid4().hex[:8]}", rabbitmqctl)
+    vhost.ctl("add_vhost", vhost.name)
     try:
-        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        vhost.ctl("set_permissions", "-p", vhost.name, "guest", ".*", ".*", ".*")
         yield vhost
     finally:
-        ctl("delete_vhost", vhost)
+        vhost.ctl("delete_vhost", vhost.name)
 
 
 def test_on_a_broker_that_does_not_reconnect_by_itself_a_closed_connection_is_replaced(
@@ -159,16 +175,11 @@ def test_on_a_broker_that_does_not_reconnect_by_itself_a_closed_connection_is_re
 ):
     # redis-py reconnects on its own; py-amqp does not, so this is where the publisher's
     # own retry on a fresh connection shows
-    url = f"amqp://guest:guest@127.0.0.1:5672/{rabbitmq_vhost}"
+    url = rabbitmq_vhost.url
     client = Postroom(make_settings(database_url=sqlite_url, broker_url=url))
     try:
         first = sent_and_published(client, 1)
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_all_connections", "--vhost", rabbitmq_vhost, "test"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        rabbitmq_vhost.close_connections()
         second = sent_and_published(client, 1)
         with kombu.Connection(url) as connection:
             queue = connection.SimpleQueue(TRANSACTIONAL_QUEUE)
