@@ -90,6 +90,20 @@ def watch_drain(sink: SmtpSink, workers: list[Proc], expected: int, timeout: flo
     )
 
 
+def timed_sends(system: System, messages: int, *, texts: list[str] | None = None) -> list[float]:
+    """Send ``messages`` welcome emails one after another; each call's seconds.
+
+    ``texts``: the plain-text part of each, rendered beforehand, where the application gives it.
+    """
+    latencies = []
+    for number in range(messages):
+        text = None if texts is None else texts[number]
+        begin = time.perf_counter()
+        system.send(recipient("user", number), text=text)
+        latencies.append(time.perf_counter() - begin)
+    return latencies
+
+
 def end_to_end(lab: Lab, system: System, *, messages: int, concurrency: int) -> dict[str, Any]:
     """Enqueue ``messages`` with the workers stopped, then time one worker of ``concurrency``.
 
@@ -99,12 +113,8 @@ def end_to_end(lab: Lab, system: System, *, messages: int, concurrency: int) -> 
     sink = lab.start_smtp_sink()
     system.prepare(sink)
     commands_before = redis_commands(lab)
-    latencies = []
     started = time.perf_counter()
-    for number in range(messages):
-        begin = time.perf_counter()
-        system.send(recipient("user", number))
-        latencies.append(time.perf_counter() - begin)
+    latencies = timed_sends(system, messages)
     enqueue_seconds = time.perf_counter() - started
     workers = system.start_workers(nodes=1, concurrency=concurrency)
     drain = watch_drain(sink, workers, messages, timeout=max(120.0, messages / 10))
@@ -141,11 +151,7 @@ def send_with_text(lab: Lab, system: System, *, messages: int) -> dict[str, Any]
     sink = lab.start_smtp_sink()
     system.prepare(sink)
     texts = [welcome_text(recipient("user", number)) for number in range(messages)]
-    latencies = []
-    for number in range(messages):
-        begin = time.perf_counter()
-        system.send(recipient("user", number), text=texts[number])
-        latencies.append(time.perf_counter() - begin)
+    latencies = timed_sends(system, messages, texts=texts)
     lab.stop(sink.proc)
     return {"messages": messages, "enqueue_latency": percentiles(latencies)}
 

@@ -134,6 +134,11 @@ def attempt(label: str, phase: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _of_round(label: str, number: int, args: argparse.Namespace) -> str:
+    """``label``, naming round ``number`` (from 0) when there is more than one."""
+    return f"{label}, round {number + 1} of {args.rounds}" if args.rounds > 1 else label
+
+
 def run_end_to_end(
     lab: Lab, args: argparse.Namespace, postroom: PostroomSystem, systems: tuple[System, ...]
 ) -> dict[str, dict[str, Any]]:
@@ -143,9 +148,9 @@ def run_end_to_end(
     for number in range(args.rounds):
         for concurrency in (1, 2):
             for system in systems:
-                label = f"end to end, {args.messages} messages, 1 worker of {concurrency}"
-                if args.rounds > 1:
-                    label += f", round {number + 1} of {args.rounds}"
+                label = _of_round(
+                    f"end to end, {args.messages} messages, 1 worker of {concurrency}", number, args
+                )
                 rounds.setdefault(f"e2e_c{concurrency}_{system.name}", []).append(
                     attempt(
                         f"{label}: {system.name}",
@@ -159,8 +164,7 @@ def run_end_to_end(
                     )
                 )
         label = f"send() with the text part given, {args.messages} messages"
-        if args.rounds > 1:
-            label += f", round {number + 1} of {args.rounds}"
+        label = _of_round(label, number, args)
         with_text.append(
             attempt(
                 f"{label}: postroom",
@@ -168,7 +172,10 @@ def run_end_to_end(
             )
         )
     results = {key: median_round(results_of_rounds) for key, results_of_rounds in rounds.items()}
-    results["send_text_postroom"] = median_producer(with_text)
+    done = [r for r in with_text if "enqueue_latency" in r]
+    results["send_text_postroom"] = (
+        {"rounds": with_text, **producer_medians(done)} if done else with_text[-1]
+    )
     return results
 
 
@@ -239,29 +246,22 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     ranked = sorted(done, key=lambda r: r["msgs_per_second"])
     median = dict(ranked[(len(ranked) - 1) // 2])
     median["rounds_msgs_per_second"] = [r["msgs_per_second"] for r in done]
-    p99s = [_get(r, "enqueue_latency", "p99_ms") for r in done]
-    median["rounds_enqueue_p99_ms"] = p99s
     # the producer's p99 is a figure of its own: its median over the rounds, not the p99 of
     # whichever round had the median rate
-    median["enqueue_p99_ms_median"] = statistics.median(p for p in p99s if p is not None)
-    p50s = [_get(r, "enqueue_latency", "p50_ms") for r in done]
-    median["enqueue_p50_ms_median"] = statistics.median(p for p in p50s if p is not None)
+    median |= producer_medians(done)
     if len(rounds) > 1:
         median["all_rounds"] = rounds
     return median
 
 
-def median_producer(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median over the rounds of each round's producer p50 and p99, as ``median_round``."""
-    done = [r for r in rounds if "enqueue_latency" in r]
-    if not done:
-        return rounds[-1]
-    p99s = [r["enqueue_latency"]["p99_ms"] for r in done]
+def producer_medians(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each round's producer p99, and the medians over the rounds of its p50 and p99."""
+    p99s = [_get(r, "enqueue_latency", "p99_ms") for r in done]
+    p50s = [_get(r, "enqueue_latency", "p50_ms") for r in done]
     return {
-        "rounds": rounds,
         "rounds_enqueue_p99_ms": p99s,
-        "enqueue_p99_ms_median": statistics.median(p99s),
-        "enqueue_p50_ms_median": statistics.median(r["enqueue_latency"]["p50_ms"] for r in done),
+        "enqueue_p99_ms_median": statistics.median(p for p in p99s if p is not None),
+        "enqueue_p50_ms_median": statistics.median(p for p in p50s if p is not None),
     }
 
 
