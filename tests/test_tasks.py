@@ -6,12 +6,14 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import kombu
 import pytest
+from celery import Celery
 
 from postroom.client import Postroom
 from postroom.tasks import (
@@ -22,10 +24,12 @@ from postroom.tasks import (
     QUEUES,
     RECOVER_EXPIRED_TASK,
     TRANSACTIONAL_QUEUE,
+    DeliveryPublisher,
+    create_celery,
     queue_for,
 )
 from tests.integration.support import queued_ids
-from tests.servers import unavailable
+from tests.servers import free_port, unavailable
 
 
 def test_streams_map_to_their_queues_and_transactional_is_drained_first():
@@ -78,6 +82,38 @@ def sent_and_published(client: Postroom, count: int) -> list[str]:
     ids = [client.send(f"user{n}@example.com", "Hi", text="x").id for n in range(count)]
     assert client.flush_publications()
     return ids
+
+
+def test_the_first_send_sets_publishing_up_in_its_own_thread_and_a_dead_broker_cannot_block_it(
+    make_settings, sqlite_url, monkeypatch
+):
+    # the one-time set-up is CPU the publishing thread would take from the sends after it
+    built_in: list[threading.Thread] = []
+
+    def recording(client: Postroom) -> Celery:
+        built_in.append(threading.current_thread())
+        return create_celery(client)
+
+    monkeypatch.setattr("postroom.client.create_celery", recording)
+    nothing_listens = f"redis://127.0.0.1:{free_port()}/0"
+    client = Postroom(make_settings(database_url=sqlite_url, broker_url=nothing_listens))
+    try:
+        message = client.send("a@example.com", "Hi", text="x")
+        client.send("b@example.com", "Hi", text="x")
+        assert built_in == [threading.current_thread()]
+        assert client.get_message(message.id).status == "queued"  # the sweep's to publish
+    finally:
+        client.close()
+
+
+def test_preparing_to_publish_never_raises_and_the_publish_still_does():
+    def broken_app() -> Celery:
+        raise ValueError("no such broker transport")
+
+    publisher = DeliveryPublisher(broken_app)
+    publisher.prepare()
+    with pytest.raises(ValueError, match="no such broker transport"):
+        publisher.publish("transactional", ["01J"])
 
 
 def test_a_published_task_is_the_one_a_worker_runs(brokered, redis_server):

@@ -527,11 +527,13 @@ class Postroom:
         return self._celery
 
     def _submit(self, stream: str, ids: list[str]) -> None:
-        # The broker round trip happens on a background thread, off the caller's latency; a
-        # replaced ``publish`` (tests, embedding) is called directly, so it sees every id at once.
+        # The broker round trip happens on a background thread, off the caller's latency, after
+        # its one-time set-up here (``DeliveryPublisher.prepare``); a replaced ``publish``
+        # (tests, embedding) is called directly, so it sees every id at once.
         if self._publish_override is not None:
             self._publish_override(stream, ids)
         else:
+            self._deliveries.prepare()
             self._background.submit(stream, ids)
 
     def flush_publications(self, timeout: float = 5.0) -> bool:

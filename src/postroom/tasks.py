@@ -134,6 +134,31 @@ class DeliveryPublisher:
         self._pid = 0
         self._connection: Connection | None = None
         self._producer: Producer | None = None
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Do a first publish's one-time work now, in the calling thread; never raises.
+
+        That work is mostly CPU: building the Celery app and importing the broker's client
+        library (redis-py: about 70 ms). Left to the first publish, it ran on the publishing
+        thread while the application went on sending, and the next hundred or so ``send()``
+        calls each waited for the interpreter, at 2 to 6 ms apiece. It opens no connection: a
+        broker that is down cannot block the caller. An error here is left to the publish,
+        which logs it and leaves the ids to the sweep.
+        """
+        if self._prepared:
+            return
+        with self._lock:
+            self._prepared = True
+            try:
+                app = self._app = self._app or self._get_app()
+                connection = app.connection_for_write()
+                try:
+                    connection.transport  # noqa: B018 (imports and builds the transport)
+                finally:
+                    connection.release()
+            except Exception:
+                logger.debug("preparing to publish failed; the publish will say why", exc_info=True)
 
     def publish(self, stream: str, ids: list[str]) -> None:
         """Publish one task carrying ``ids``; raises if the broker cannot be reached."""
