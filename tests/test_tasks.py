@@ -84,7 +84,7 @@ def sent_and_published(client: Postroom, count: int) -> list[str]:
     return ids
 
 
-def test_the_first_send_sets_publishing_up_in_its_own_thread_and_a_dead_broker_cannot_block_it(
+def test_the_first_send_sets_publishing_up_in_its_own_thread_and_a_broker_down_does_not_fail_it(
     make_settings, sqlite_url, monkeypatch
 ):
     # the one-time set-up is CPU the publishing thread would take from the sends after it
