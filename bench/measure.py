@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench.content import recipient, welcome_text
+from bench.content import recipient, welcome_html, welcome_text
 from bench.services import Lab, Proc, SmtpSink, Usage, machine_busy_seconds, process_usage
 from bench.systems import System, payload
 
@@ -153,6 +153,33 @@ def send_with_text(lab: Lab, system: System, *, messages: int) -> dict[str, Any]
     texts = [welcome_text(recipient("user", number)) for number in range(messages)]
     latencies = timed_sends(system, messages, texts=texts)
     lab.stop(sink.proc)
+    return {"messages": messages, "enqueue_latency": percentiles(latencies)}
+
+
+def commit_floor(lab: Lab, *, messages: int) -> dict[str, Any]:
+    """One durable INSERT per welcome email, through psycopg alone: the floor under ``send()``.
+
+    Each is an autocommit INSERT of the email's HTML and text parts into a table with only a
+    primary key, a prepared statement over the same loopback TCP connection ``send()`` uses,
+    so it waits for the same commit (the WAL flushed to disk) and nothing of postroom runs.
+    Whatever ``send()`` adds on top is its validation, serialization and its fuller row.
+    """
+    import psycopg
+
+    url = lab.create_database()
+    rows = [
+        (recipient("user", number), welcome_html(recipient("user", number)))
+        for number in range(messages)
+    ]
+    texts = [welcome_text(to) for to, _ in rows]
+    latencies = []
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("CREATE TABLE floor (id text PRIMARY KEY, html text, body text)")
+        insert = "INSERT INTO floor (id, html, body) VALUES (%s, %s, %s)"
+        for (to, html), text in zip(rows, texts, strict=True):
+            begin = time.perf_counter()
+            connection.execute(insert, (to, html, text), prepare=True)
+            latencies.append(time.perf_counter() - begin)
     return {"messages": messages, "enqueue_latency": percentiles(latencies)}
 
 

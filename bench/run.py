@@ -145,6 +145,7 @@ def run_end_to_end(
     """The end-to-end rounds, interleaving the systems, and postroom's send() with text given."""
     rounds: dict[str, list[dict[str, Any]]] = {}
     with_text: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
     for number in range(args.rounds):
         for concurrency in (1, 2):
             for system in systems:
@@ -171,11 +172,24 @@ def run_end_to_end(
                 functools.partial(measure.send_with_text, lab, postroom, messages=args.messages),
             )
         )
+        if postroom.database == "postgresql":
+            label = _of_round(f"durable INSERT alone, {args.messages} rows", number, args)
+            floor.append(
+                attempt(
+                    f"{label}: psycopg",
+                    functools.partial(measure.commit_floor, lab, messages=args.messages),
+                )
+            )
     results = {key: median_round(results_of_rounds) for key, results_of_rounds in rounds.items()}
     done = [r for r in with_text if "enqueue_latency" in r]
     results["send_text_postroom"] = (
         {"rounds": with_text, **producer_medians(done)} if done else with_text[-1]
     )
+    floor_done = [r for r in floor if "enqueue_latency" in r]
+    if floor:
+        results["commit_floor"] = (
+            {"rounds": floor, **producer_medians(floor_done)} if floor_done else floor[-1]
+        )
     return results
 
 
@@ -353,6 +367,22 @@ def build_rows(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
             _text_given_note(results),
         ),
         Row(
+            "durable INSERT alone / .delay() latency p50",
+            "ms ↓",
+            _get(results.get("commit_floor", {}), "enqueue_p50_ms_median"),
+            _get(results.get("e2e_c2_seeds", {}), "enqueue_p50_ms_median"),
+            False,
+            "psycopg, no postroom code: the commit every send() waits for",
+        ),
+        Row(
+            "durable INSERT alone / .delay() latency p99",
+            "ms ↓",
+            _get(results.get("commit_floor", {}), "enqueue_p99_ms_median"),
+            _get(results.get("e2e_c2_seeds", {}), "enqueue_p99_ms_median"),
+            False,
+            _floor_note(results),
+        ),
+        Row(
             f"POST /v1/messages p50, {clients} clients",
             "ms ↓",
             *pair("api", "latency", "p50_ms"),
@@ -426,6 +456,13 @@ def _text_given_note(results: dict[str, dict[str, Any]]) -> str:
     p99s = _get(results.get("send_text_postroom", {}), "rounds_enqueue_p99_ms") or []
     rounds = f"postroom rounds {' / '.join(f'{p:.2f}' for p in p99s)}; " if len(p99s) > 1 else ""
     return rounds + "the application gives the text part (seeds: the same .delay(html))"
+
+
+def _floor_note(results: dict[str, dict[str, Any]]) -> str:
+    """The rounds of the durable-INSERT loop, and what it is."""
+    p99s = _get(results.get("commit_floor", {}), "rounds_enqueue_p99_ms") or []
+    rounds = f"rounds {' / '.join(f'{p:.2f}' for p in p99s)}; " if len(p99s) > 1 else ""
+    return rounds + "one autocommit INSERT of the email's size per row (bench/measure.py)"
 
 
 def _rounds_note(results: dict[str, dict[str, Any]], prefix: str, key: str) -> str:
