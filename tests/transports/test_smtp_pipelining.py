@@ -397,6 +397,10 @@ def test_a_hang_up_after_the_whole_message_is_assumed_delivered_once(
 # --- a scripted server, for replies aiosmtpd will not give ------------------------------------
 
 
+# scripted as a reply: the server closes the connection instead of answering
+HANG_UP = "(hang up)"
+
+
 @dataclass
 class ScriptedServer:
     """A minimal SMTP server on a raw asyncio socket; ``script`` sets the next replies.
@@ -457,6 +461,9 @@ class ScriptedServer:
                     self.messages.append(pending[:end])
                     pending, data = pending[end + 3 :], None
                     reply = self._reply("END", "250 2.0.0 queued")
+                    if reply == HANG_UP:  # close without a reply, the data kept or not
+                        writer.close()
+                        return
                     writer.write(reply.encode() + b"\r\n")
                     if reply.startswith("421"):  # what was pipelined behind the data is unread
                         await writer.drain()
@@ -600,6 +607,24 @@ def test_a_354_after_every_recipient_was_refused_gets_a_lone_dot_not_the_message
     assert scripted.messages == [b"", envelope.data]  # the empty data phase, then the message
     assert result.code == 250
     assert scripted.connections == 1
+
+
+def test_a_hang_up_on_the_lone_dot_after_every_recipient_was_refused_keeps_the_refusal(
+    scripted: ScriptedServer, scripted_transport: SmtpTransport
+) -> None:
+    envelope = make_envelope()
+    scripted.script("RCPT", *["550 5.1.1 no such user"] * len(envelope.recipients))
+    scripted.script("DATA", "354 go ahead anyway")
+    scripted.script("END", HANG_UP)
+
+    with pytest.raises(PermanentFailure) as caught:
+        scripted_transport.send(envelope)
+    result = scripted_transport.send(envelope)
+
+    assert caught.value.code == 550  # the refusal, not "server closed the connection"
+    assert result.code == 250
+    assert scripted.messages == [b"", envelope.data]
+    assert scripted.connections == 2  # the next message went over a new connection
 
 
 @pytest.mark.parametrize("verb", ["MAIL", "RCPT", "DATA"])

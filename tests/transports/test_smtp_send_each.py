@@ -27,7 +27,12 @@ from postroom.transports.smtp import SmtpConfig, SmtpTransport
 from tests.servers import free_port
 from tests.transports.contract import make_envelope
 from tests.transports.test_smtp import smtp_url
-from tests.transports.test_smtp_pipelining import PipeliningSink, ScriptedServer, envelope_bytes
+from tests.transports.test_smtp_pipelining import (
+    HANG_UP,
+    PipeliningSink,
+    ScriptedServer,
+    envelope_bytes,
+)
 
 # the fixtures of the pipelining tests: the recording aiosmtpd sink and the scripted server
 make_sink = pipelining_tests.make_sink
@@ -165,6 +170,26 @@ def test_every_recipient_refused_fails_that_message_and_resets_before_the_next(
     ]
     assert scripted.messages == [first.data, third.data]
     assert scripted.connections == 1
+
+
+def test_a_hang_up_on_the_lone_dot_of_a_refused_message_fails_it_alone_and_sends_the_rest(
+    scripted: ScriptedServer, scripted_transport: SmtpTransport
+) -> None:
+    first, second, third = envelopes = [make_envelope() for _ in range(3)]
+    scripted.script("RCPT", *["250 2.1.5 ok"] * len(first.recipients))
+    scripted.script("RCPT", *["550 5.1.1 no such user"] * len(second.recipients))
+    scripted.script("DATA", "354 go ahead", "354 go ahead anyway")
+    scripted.script("END", "250 2.0.0 ok", HANG_UP)
+
+    outcomes = list(scripted_transport.send_each(envelopes))
+
+    assert [envelope for envelope, _ in outcomes] == envelopes
+    assert sent_ok(outcomes) == [True, False, True]
+    refused = outcomes[1][1]
+    assert isinstance(refused, PermanentFailure) and refused.code == 550
+    # the empty data phase the server hung up on, then message 3 on a new connection, once
+    assert scripted.messages == [first.data, b"", third.data]
+    assert scripted.connections == 2
 
 
 def test_smtputf8_not_offered_fails_that_message_alone_and_writes_none_of_it(

@@ -468,8 +468,7 @@ class SmtpTransport:
             if data_reply is not None and data_reply[0] == 354:
                 # a server that took DATA with no valid sender or recipient before it: RFC 2920
                 # ends such a data phase with a lone "." instead of the message
-                connection.send(b".\r\n")
-                connection.getreply()
+                self._end_empty_data(connection)
             raise
         assert data_reply is not None  # replies stop short only after a 421, judged above
         code, reply = data_reply
@@ -477,6 +476,18 @@ class SmtpTransport:
             self._drop_if_closing(code)
             raise _ResetNeeded(classify_reply(code, reply, transport=self.name))
         return accepted
+
+    def _end_empty_data(self, connection: smtplib.SMTP) -> None:
+        """Close a data phase that carries no message with a lone ".".
+
+        A server that hangs up instead of answering loses nothing of it: only the connection
+        goes, and the message's outcome stays its refusal.
+        """
+        try:
+            connection.send(b".\r\n")
+            connection.getreply()
+        except smtplib.SMTPServerDisconnected:
+            self._drop()
 
     def _pipeline(self, connection: smtplib.SMTP, commands: list[bytes]) -> list[tuple[int, bytes]]:
         """The replies to ``commands``, written a group at a time; none after a 421."""
