@@ -160,25 +160,22 @@ def commit_floor(lab: Lab, *, messages: int) -> dict[str, Any]:
     """One durable INSERT per welcome email, through psycopg alone: the floor under ``send()``.
 
     Each is an autocommit INSERT of the email's HTML and text parts into a table with only a
-    primary key, a prepared statement over the same loopback TCP connection ``send()`` uses,
-    so it waits for the same commit (the WAL flushed to disk) and nothing of postroom runs.
-    Whatever ``send()`` adds on top is its validation, serialization and its fuller row.
+    primary key, a prepared statement over loopback TCP as ``send()``'s, so it waits for the
+    same commit (the WAL flushed to disk) and nothing of postroom runs. Whatever ``send()``
+    adds on top is its validation, serialization and its fuller row.
     """
     import psycopg
 
     url = lab.create_database()
-    rows = [
-        (recipient("user", number), welcome_html(recipient("user", number)))
-        for number in range(messages)
-    ]
-    texts = [welcome_text(to) for to, _ in rows]
+    addresses = [recipient("user", number) for number in range(messages)]
+    rows = [(to, welcome_html(to), welcome_text(to)) for to in addresses]
     latencies = []
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("CREATE TABLE floor (id text PRIMARY KEY, html text, body text)")
         insert = "INSERT INTO floor (id, html, body) VALUES (%s, %s, %s)"
-        for (to, html), text in zip(rows, texts, strict=True):
+        for row in rows:
             begin = time.perf_counter()
-            connection.execute(insert, (to, html, text), prepare=True)
+            connection.execute(insert, row, prepare=True)
             latencies.append(time.perf_counter() - begin)
     return {"messages": messages, "enqueue_latency": percentiles(latencies)}
 

@@ -181,16 +181,16 @@ def run_end_to_end(
                 )
             )
     results = {key: median_round(results_of_rounds) for key, results_of_rounds in rounds.items()}
-    done = [r for r in with_text if "enqueue_latency" in r]
-    results["send_text_postroom"] = (
-        {"rounds": with_text, **producer_medians(done)} if done else with_text[-1]
-    )
-    floor_done = [r for r in floor if "enqueue_latency" in r]
+    results["send_text_postroom"] = producer_rounds(with_text)
     if floor:
-        results["commit_floor"] = (
-            {"rounds": floor, **producer_medians(floor_done)} if floor_done else floor[-1]
-        )
+        results["commit_floor"] = producer_rounds(floor)
     return results
+
+
+def producer_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A producer loop's rounds with their medians; the last round's error if none finished."""
+    done = [r for r in rounds if "enqueue_latency" in r]
+    return {"rounds": rounds, **producer_medians(done)} if done else rounds[-1]
 
 
 def run_phases(
