@@ -364,7 +364,12 @@ def build_rows(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
             _get(results.get("send_text_postroom", {}), "enqueue_p99_ms_median"),
             _get(results.get("e2e_c2_seeds", {}), "enqueue_p99_ms_median"),
             False,
-            _text_given_note(results),
+            _producer_note(
+                results,
+                "send_text_postroom",
+                "postroom rounds",
+                "the application gives the text part (seeds: the same .delay(html))",
+            ),
         ),
         Row(
             "durable INSERT alone / .delay() latency p50",
@@ -380,7 +385,12 @@ def build_rows(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
             _get(results.get("commit_floor", {}), "enqueue_p99_ms_median"),
             _get(results.get("e2e_c2_seeds", {}), "enqueue_p99_ms_median"),
             False,
-            _floor_note(results),
+            _producer_note(
+                results,
+                "commit_floor",
+                "rounds",
+                "one autocommit INSERT of the email's size per row (bench/measure.py)",
+            ),
         ),
         Row(
             f"POST /v1/messages p50, {clients} clients",
@@ -451,18 +461,11 @@ def build_rows(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
     return rows
 
 
-def _text_given_note(results: dict[str, dict[str, Any]]) -> str:
-    """The rounds of the send() loop with the text part given, and what was compared."""
-    p99s = _get(results.get("send_text_postroom", {}), "rounds_enqueue_p99_ms") or []
-    rounds = f"postroom rounds {' / '.join(f'{p:.2f}' for p in p99s)}; " if len(p99s) > 1 else ""
-    return rounds + "the application gives the text part (seeds: the same .delay(html))"
-
-
-def _floor_note(results: dict[str, dict[str, Any]]) -> str:
-    """The rounds of the durable-INSERT loop, and what it is."""
-    p99s = _get(results.get("commit_floor", {}), "rounds_enqueue_p99_ms") or []
-    rounds = f"rounds {' / '.join(f'{p:.2f}' for p in p99s)}; " if len(p99s) > 1 else ""
-    return rounds + "one autocommit INSERT of the email's size per row (bench/measure.py)"
+def _producer_note(results: dict[str, dict[str, Any]], key: str, label: str, what: str) -> str:
+    """``what`` a producer loop measured, after each round's p99 when there was more than one."""
+    p99s = _get(results.get(key, {}), "rounds_enqueue_p99_ms") or []
+    rounds = f"{label} {' / '.join(f'{p:.2f}' for p in p99s)}; " if len(p99s) > 1 else ""
+    return rounds + what
 
 
 def _rounds_note(results: dict[str, dict[str, Any]], prefix: str, key: str) -> str:
