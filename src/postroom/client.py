@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -427,18 +428,27 @@ class Postroom:
         The messages among ``ids`` come first; with ``stream``, the batch is topped up to
         ``batch_size`` with other due messages of that stream.
         """
-        deliverer = Deliverer(
-            sessions=self.sessions,
-            registry=self.registry,
-            limiter=self.limiter,
-            policy=self.settings.retry,
-            lease=timedelta(seconds=self.settings.lease_seconds),
-            clock=self.clock,
-            attachments=self.attachment_store,
-            sign=self._dkim_sign(),
-            batch_size=self.settings.batch_size,
-        )
-        return deliverer.deliver(ids, stream=stream)
+        return self._deliverer().deliver(ids, stream=stream)
+
+    def drain(self, ids: Sequence[str], *, stream: str, budget_seconds: float) -> DeliveryReport:
+        """Deliver like :meth:`deliver`, then go on claiming full batches of ``stream``.
+
+        It goes on while every batch was full and sent in full, for at most ``budget_seconds``
+        of its own time: a batch that falls short means the stream is drained, and one with a
+        deferral or a failure means a limit, a push-back or a failing server that more claims
+        would only run into again. The report sums every batch.
+        """
+        deliverer = self._deliverer()
+        deadline = time.monotonic() + budget_seconds
+        report = batch = deliverer.deliver(ids, stream=stream)
+        while (
+            batch.claimed == deliverer.batch_size
+            and batch.sent == batch.claimed
+            and time.monotonic() < deadline
+        ):
+            batch = deliverer.deliver([], stream=stream)
+            report += batch
+        return report
 
     def dispatch_due(self) -> int:
         """Publish every due message without a live task; return how many were published."""
@@ -468,6 +478,19 @@ class Postroom:
             )
 
     # resources ------------------------------------------------------------------------------
+
+    def _deliverer(self) -> Deliverer:
+        return Deliverer(
+            sessions=self.sessions,
+            registry=self.registry,
+            limiter=self.limiter,
+            policy=self.settings.retry,
+            lease=timedelta(seconds=self.settings.lease_seconds),
+            clock=self.clock,
+            attachments=self.attachment_store,
+            sign=self._dkim_sign(),
+            batch_size=self.settings.batch_size,
+        )
 
     def _dkim_sign(self) -> Sign | None:
         if not self.settings.dkim:

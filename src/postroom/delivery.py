@@ -50,6 +50,14 @@ class DeliveryReport:
     deferred: int
     failed: int
 
+    def __add__(self, other: DeliveryReport) -> DeliveryReport:
+        return DeliveryReport(
+            claimed=self.claimed + other.claimed,
+            sent=self.sent + other.sent,
+            deferred=self.deferred + other.deferred,
+            failed=self.failed + other.failed,
+        )
+
 
 # How long a batch waits when every connection slot of its transport is taken.
 CONNECTION_CAP_WAIT = timedelta(seconds=1)

@@ -99,7 +99,10 @@ def create_celery(client: Postroom) -> Celery:
     # shared=False: each app (one per client) must call its own client, not the first one made
     @app.task(name=DELIVER_TASK, shared=False)
     def deliver(ids: list[str], stream: str | None = None) -> None:
-        client.deliver(ids, stream=stream)
+        if stream == Stream.TRANSACTIONAL:
+            client.drain(ids, stream=stream, budget_seconds=settings.transactional_drain_seconds)
+        else:
+            client.deliver(ids, stream=stream)
 
     @app.task(name=DISPATCH_DUE_TASK, shared=False)
     def dispatch_due() -> None:
