@@ -11,6 +11,7 @@ from postroom.errors import PermanentFailure, TemporaryFailure
 from postroom.messages import MessageStatus
 from postroom.tasks import DELIVER_TASK
 from postroom.transports import Transport
+from postroom.transports.base import Envelope, SendResult
 from tests.test_delivery import Unreliable
 
 BATCH = 10
@@ -65,6 +66,33 @@ def test_it_stops_at_an_empty_claim_when_the_backlog_is_a_whole_number_of_batche
     report = client.drain([], stream="transactional", budget_seconds=AMPLE)
     assert (report.claimed, report.sent) == (20, 20)
     assert client.deliver([], stream="transactional").claimed == 0
+
+
+class Arrivals(Unreliable):
+    """Sends everything; its first send queues a new message, as a web request would meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: Postroom | None = None
+        self.arrived: list[str] = []
+
+    def send(self, envelope: Envelope) -> SendResult:
+        if self.client is not None and not self.arrived:
+            self.arrived.append(self.client.send("new@example.com", "new", text="x").id)
+        return super().send(envelope)
+
+
+def test_a_short_batch_ends_it_and_a_message_arriving_meanwhile_waits_for_its_own_task(
+    make_client,
+):
+    transport = Arrivals()
+    client = transport.client = make_client(transport=transport)
+    ids = queue(client, BATCH - 5)
+    report = client.drain([], stream="transactional", budget_seconds=AMPLE)
+    assert (report.claimed, report.sent) == (BATCH - 5, BATCH - 5)
+    assert statuses(client, ids) == {MessageStatus.SENT: BATCH - 5}
+    # the stream was drained when the batch fell short; the new one has its own task
+    assert client.get_message(transport.arrived[0]).status == MessageStatus.QUEUED
 
 
 def test_the_ids_it_was_given_go_in_its_first_batch(make_client):
