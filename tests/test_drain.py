@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,6 +13,7 @@ from postroom.messages import MessageStatus
 from postroom.tasks import DELIVER_TASK
 from postroom.transports import Transport
 from postroom.transports.base import Envelope, SendResult
+from tests.integration.support import statuses as status_by_id
 from tests.test_delivery import Unreliable
 
 BATCH = 10
@@ -39,12 +41,9 @@ def queue(client: Postroom, count: int, stream: str = "transactional") -> list[s
     ]
 
 
-def statuses(client: Postroom, ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for message_id in ids:
-        status = client.get_message(message_id).status
-        counts[status] = counts.get(status, 0) + 1
-    return counts
+def statuses(client: Postroom, ids: list[str]) -> Counter[str]:
+    """How many of ``ids`` are in each status."""
+    return Counter(status_by_id(client, ids).values())
 
 
 def test_it_claims_batch_after_batch_until_one_falls_short_and_leaves_other_streams(
@@ -142,12 +141,13 @@ def test_a_limit_that_defers_ends_it_without_spending_attempts(make_client, redi
     report = client.drain([], stream="transactional", budget_seconds=AMPLE)
     # the second batch meets the quota: 3 go out, 7 are deferred, and no third batch is claimed
     assert (report.claimed, report.sent, report.deferred) == (2 * BATCH, BATCH + 3, BATCH - 3)
-    counts = statuses(client, ids)
-    assert counts == {
+    assert statuses(client, ids) == {
         MessageStatus.SENT: BATCH + 3,
         MessageStatus.DEFERRED: BATCH - 3,
         MessageStatus.QUEUED: 2 * BATCH,
     }
+    deferred = [m for m in map(client.get_message, ids) if m.status == MessageStatus.DEFERRED]
+    assert {m.attempts for m in deferred} == {0}  # held back by the quota, never tried
 
 
 def test_the_transactional_task_drains_and_the_bulk_task_takes_one_batch(make_client):
