@@ -6,7 +6,7 @@ from sqlalchemy import event
 
 from postroom import claims
 from postroom.db import utcnow
-from postroom.messages import MessageStatus
+from postroom.messages import ClaimedMessage, MessageStatus
 
 LEASE = timedelta(seconds=30)
 
@@ -24,6 +24,32 @@ def test_a_second_claim_of_the_same_ids_claims_nothing(client):
     assert message.status == MessageStatus.SENDING
     assert message.attempts == 1
     assert message.lease_until == now + LEASE
+
+
+def test_a_claim_returns_every_column_delivery_reads_as_stored(client):
+    # with and without the stream top-up: the two statements return their columns apart
+    wanted = client.send(
+        "Ann <a@example.com>",
+        "Grüße",
+        text="x",
+        html="<p>x</p>",
+        cc=["c@example.com"],
+        bcc=["b@example.com"],
+        reply_to=["r@example.com"],
+        headers={"X-Campaign": "spring"},
+        transport="default",
+    )
+    topped_up = client.send("d@example.com", "m", text="y")
+    with client.sessions.begin() as session:
+        alone = claims.claim_due(session, [wanted.id], lease=LEASE, now=utcnow())
+    with client.sessions.begin() as session:
+        filled = claims.claim_due(
+            session, [], lease=LEASE, now=utcnow(), stream="transactional", limit=5
+        )
+    assert alone == [ClaimedMessage.of(client.get_message(wanted.id))]
+    assert filled == [ClaimedMessage.of(client.get_message(topped_up.id))]
+    assert alone[0].cc == ["c@example.com"] and alone[0].headers == {"X-Campaign": "spring"}
+    assert alone[0].attempts == 1 and alone[0].requested_transport == "default"
 
 
 def test_messages_not_yet_due_are_not_claimed(client):

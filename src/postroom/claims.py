@@ -32,11 +32,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from postroom.db import UTCDateTime
 from postroom.events import MessageEvent, NewEvent, append_events
-from postroom.messages import Message, MessageStatus, is_claimable
+from postroom.messages import ClaimedMessage, Message, MessageStatus, is_claimable
 
 
 def claim_due(
@@ -47,8 +47,8 @@ def claim_due(
     now: datetime,
     stream: str | None = None,
     limit: int | None = None,
-) -> list[Message]:
-    """Move due, claimable messages to ``sending`` and return them.
+) -> list[ClaimedMessage]:
+    """Move due, claimable messages to ``sending`` and return what delivering them needs.
 
     The messages among ``ids`` come first; with ``stream`` and ``limit``, other due messages
     of that stream fill the batch up to ``limit``, so one task drains a backlog in batches
@@ -65,8 +65,10 @@ def claim_due(
         params["b_ids"] = list(ids)
     if stream is not None:
         params["b_stream"] = stream
-    options = {"populate_existing": True, "synchronize_session": False}
-    claimed = list(session.scalars(statement, params, execution_options=options))
+    # through the connection: the ORM's execution path would cost a third of the claim's CPU
+    # and brings nothing to a statement that returns columns, not entities
+    rows = session.connection().execute(statement, params)
+    claimed = [ClaimedMessage._make(row) for row in rows]
     if dialect != "postgresql":  # on PostgreSQL the statement wrote the events itself
         append_events(
             session,
@@ -124,10 +126,11 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
             updated_at=now,
         )
     )
+    returned = [Message.__table__.c[name] for name in ClaimedMessage._fields]
     if not postgresql:
-        return claim.returning(Message)
+        return claim.returning(*returned)
     # One round trip: the claim and its event rows in one statement.
-    claimed_rows = claim.returning(*Message.__table__.columns).cte("claimed")
+    claimed_rows = claim.returning(*returned).cte("claimed")
     events = insert(MessageEvent).from_select(
         ["message_id", "status", "detail", "at"],
         select(
@@ -137,8 +140,7 @@ def _claim_statement(dialect: str, *, with_ids: bool, with_stream: bool) -> Exec
             now,
         ),
     )
-    entity = aliased(Message, claimed_rows)
-    return select(entity).add_cte(events.cte("claim_events"))
+    return select(claimed_rows).add_cte(events.cte("claim_events"))
 
 
 def _ids_param(postgresql: bool) -> BindParameter[Any]:

@@ -18,7 +18,7 @@ from postroom.claims import claim_due
 from postroom.errors import DeliveryError, PermanentFailure, TemporaryFailure, UnknownTransport
 from postroom.events import MessageEvent, NewEvent, append_events
 from postroom.limits import Limiter, pushback_until
-from postroom.messages import Message, MessageStatus
+from postroom.messages import ClaimedMessage, Message, MessageStatus
 from postroom.mime import Sign, build_envelope
 from postroom.retry import RetryPolicy
 from postroom.transports.base import Envelope, SendResult, Transport, send_each
@@ -108,8 +108,8 @@ class Deliverer:
             failed=statuses.count(MessageStatus.FAILED),
         )
 
-    def _by_transport(self, claimed: Sequence[Message]) -> dict[str, list[Message]]:
-        groups: dict[str, list[Message]] = {}
+    def _by_transport(self, claimed: Sequence[ClaimedMessage]) -> dict[str, list[ClaimedMessage]]:
+        groups: dict[str, list[ClaimedMessage]] = {}
         for message in claimed:
             domain = split_address(message.from_addr)[1].rpartition("@")[2]
             try:
@@ -126,7 +126,7 @@ class Deliverer:
         return groups
 
     def _send_group(
-        self, name: str, group: list[Message], files: dict[str, list[CheckedAttachment]]
+        self, name: str, group: list[ClaimedMessage], files: dict[str, list[CheckedAttachment]]
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         pending = group
@@ -170,7 +170,7 @@ class Deliverer:
     def _send_granted(
         self,
         name: str,
-        granted: list[Message],
+        granted: list[ClaimedMessage],
         files: dict[str, list[CheckedAttachment]],
         now: datetime,
     ) -> tuple[list[Outcome], datetime | None]:
@@ -196,7 +196,7 @@ class Deliverer:
         self,
         name: str,
         transport: Transport,
-        messages: list[Message],
+        messages: list[ClaimedMessage],
         files: dict[str, list[CheckedAttachment]],
         granted_at: datetime,
     ) -> tuple[list[Outcome], datetime | None]:
@@ -240,7 +240,7 @@ class Deliverer:
     def _envelopes(
         self,
         name: str,
-        messages: list[Message],
+        messages: list[ClaimedMessage],
         files: dict[str, list[CheckedAttachment]],
         outcomes: dict[str, Outcome],
     ) -> Iterator[Envelope]:
@@ -266,7 +266,9 @@ class Deliverer:
             _quietly(self.limiter.pause, name, until=until, reason=failure.detail)
         return until
 
-    def _judge(self, name: str, message: Message, result: SendResult | DeliveryError) -> Outcome:
+    def _judge(
+        self, name: str, message: ClaimedMessage, result: SendResult | DeliveryError
+    ) -> Outcome:
         if isinstance(result, PermanentFailure):
             return Outcome(
                 message.id, MessageStatus.FAILED, str(result), result.code, transport=name
@@ -277,7 +279,7 @@ class Deliverer:
             message.id, MessageStatus.SENT, _describe_success(result), result.code, transport=name
         )
 
-    def _retry_or_fail(self, name: str, message: Message, error: DeliveryError) -> Outcome:
+    def _retry_or_fail(self, name: str, message: ClaimedMessage, error: DeliveryError) -> Outcome:
         if self.policy.is_exhausted(message.attempts):
             detail = f"gave up after {message.attempts} attempts: {error}"
             return Outcome(message.id, MessageStatus.FAILED, detail, error.code, transport=name)
@@ -296,7 +298,7 @@ def _quietly(call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
 
 
 def _limits_unavailable(
-    messages: list[Message], transport: str, error: Exception, now: datetime
+    messages: list[ClaimedMessage], transport: str, error: Exception, now: datetime
 ) -> list[Outcome]:
     """Hold messages back when the limits store cannot be asked: never send past a limit."""
     logger.warning("limits unavailable for %s (%s): holding back", transport, type(error).__name__)
@@ -304,7 +306,7 @@ def _limits_unavailable(
     return [_held_back(m, transport, reason, now + LIMITS_UNAVAILABLE_WAIT) for m in messages]
 
 
-def _held_back(message: Message, transport: str, reason: str, until: datetime) -> Outcome:
+def _held_back(message: ClaimedMessage, transport: str, reason: str, until: datetime) -> Outcome:
     """A message a limit kept from being sent now: deferred, and its attempt not counted."""
     return Outcome(
         message.id,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     JSON,
@@ -142,6 +142,36 @@ class Message(Base):
     def recipients(self) -> list[str]:
         """Every envelope recipient (to, cc and bcc), as bare addresses."""
         return [split_address(a)[1] for a in (*self.to, *self.cc, *self.bcc)]
+
+
+class ClaimedMessage(NamedTuple):
+    """A message as a claim hands it to delivery: the columns building and sending it read.
+
+    Not the whole row and not an ORM entity: a worker reads these fifteen columns and writes
+    through none of them, and loading all thirty as entities made claiming cost 41 to 47 µs of
+    CPU per message instead of 15 to 19. A named tuple, because one is built per message.
+    """
+
+    id: str
+    stream: str
+    from_addr: str
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    reply_to: list[str]
+    subject: str
+    text: str | None
+    html: str | None
+    headers: dict[str, str]
+    message_id_header: str
+    attempts: int
+    requested_transport: str | None
+    attachment_count: int
+
+    @classmethod
+    def of(cls, message: Message) -> ClaimedMessage:
+        """The claimed form of a stored ``message``."""
+        return cls._make(getattr(message, name) for name in cls._fields)
 
 
 # (attribute name, column) of every column: "metadata" is the column, "metadata_" the attribute

@@ -23,7 +23,7 @@ from functools import lru_cache
 from postroom import mime_fast
 from postroom.addresses import ascii_domain, format_address, split_address
 from postroom.attachments import CheckedAttachment
-from postroom.messages import Message
+from postroom.messages import ClaimedMessage, Message
 from postroom.transports.base import Envelope
 
 Sign = Callable[[bytes, str], bytes]  # (message bytes, sender domain) -> signed bytes
@@ -69,7 +69,7 @@ def _parse_wire(formatted: str) -> WireAddress:
 
 
 def build_email(
-    message: Message,
+    message: Message | ClaimedMessage,
     attachments: Sequence[CheckedAttachment] = (),
     *,
     now: datetime,
@@ -129,7 +129,7 @@ def _set_body(
 
 
 def build_envelope(
-    message: Message,
+    message: Message | ClaimedMessage,
     attachments: Sequence[CheckedAttachment] = (),
     *,
     now: datetime,

@@ -30,7 +30,7 @@ from string import ascii_letters, digits
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from postroom.messages import Message
+    from postroom.messages import ClaimedMessage, Message
 
 # The folding and encoded-word rules below mirror this version's email package; on any other
 # minor version build_bytes declines, so a stdlib change can never alter what is sent.
@@ -77,7 +77,7 @@ _BASE64_LINE = _MAX // 4 * 3  # input bytes per base64 body line
 
 
 def build_bytes(
-    message: Message,
+    message: Message | ClaimedMessage,
     address_headers: Sequence[tuple[str, Sequence[tuple[str, str]]]],
     *,
     now: datetime,
@@ -107,7 +107,7 @@ def build_bytes(
 
 
 def _headers(
-    message: Message,
+    message: Message | ClaimedMessage,
     address_headers: Sequence[tuple[str, Sequence[tuple[str, str]]]],
     now: datetime,
 ) -> str | None:
