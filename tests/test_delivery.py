@@ -149,3 +149,37 @@ def test_provider_push_back_pauses_the_transport_without_spending_attempts(smtp_
     # after it, everything goes out
     smtp_client.clock = lambda: utcnow() + timedelta(minutes=5)
     assert smtp_client.deliver(ids).sent == 4
+
+
+def test_recorded_outcomes_keep_their_instant_detail_code_and_refund(client):
+    from datetime import timezone
+
+    from postroom import claims
+    from postroom.delivery import Outcome, record_outcomes
+
+    ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(3)]
+    now = utcnow()
+    with client.sessions.begin() as session:
+        claims.claim_due(session, ids, lease=timedelta(seconds=30), now=now)
+    # an instant in another zone, to the microsecond; a detail JSON and SQL would both quote
+    retry_at = (now + timedelta(minutes=5, microseconds=123)).astimezone(
+        timezone(timedelta(hours=-3))
+    )
+    detail = 'try "later", Grüße \\ 451'
+    outcomes = [
+        Outcome(ids[0], MessageStatus.SENT, "250 ok", 250, transport="default"),
+        Outcome(ids[1], MessageStatus.DEFERRED, detail, 451, retry_at, transport="default"),
+        Outcome(ids[2], MessageStatus.DEFERRED, "limited", None, retry_at, attempt_refunded=True),
+    ]
+    with client.sessions.begin() as session:
+        record_outcomes(session, outcomes, now=now)
+    sent, deferred, held = map(client.get_message, ids)
+    assert (sent.status, sent.sent_at, sent.last_error, sent.attempts) == ("sent", now, None, 1)
+    assert (deferred.status, deferred.next_attempt_at, deferred.last_error) == (
+        "deferred",
+        retry_at,
+        detail,
+    )
+    assert (deferred.attempts, held.attempts, held.transport) == (1, 0, None)
+    assert statuses(client, ids[1])[-1] == ("deferred", 451)
+    assert [e.detail for e in client.get_events(ids[1])][-1] == detail

