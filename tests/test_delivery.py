@@ -183,3 +183,19 @@ def test_recorded_outcomes_keep_their_instant_detail_code_and_refund(client):
     assert (deferred.attempts, held.attempts, held.transport) == (1, 0, None)
     assert statuses(client, ids[1])[-1] == ("deferred", 451)
     assert [e.detail for e in client.get_events(ids[1])][-1] == detail
+
+
+def test_a_reply_holding_a_nul_is_recorded_with_a_replacement_character(client):
+    # PostgreSQL text cannot hold NUL: unrecorded, the batch's sent messages would be resent
+    from postroom import claims
+    from postroom.delivery import Outcome, record_outcomes
+
+    message = client.send("a@example.com", "m", text="x")
+    now = utcnow()
+    with client.sessions.begin() as session:
+        claims.claim_due(session, [message.id], lease=timedelta(seconds=30), now=now)
+    outcome = Outcome(message.id, MessageStatus.SENT, "250 ok\x00queued", 250, transport="default")
+    with client.sessions.begin() as session:
+        record_outcomes(session, [outcome], now=now)
+    assert client.get_message(message.id).status == MessageStatus.SENT
+    assert [e.detail for e in client.get_events(message.id)][-1] == "250 ok\ufffdqueued"

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -371,10 +371,19 @@ _RECORD_ALL = text(
 )
 
 
+def _storable(outcome: Outcome) -> Outcome:
+    """``outcome`` with a detail any database stores: a server's reply may hold a NUL, which
+    PostgreSQL text refuses, and an outcome that cannot be written gets its message resent."""
+    if "\x00" not in outcome.detail:
+        return outcome
+    return replace(outcome, detail=outcome.detail.replace("\x00", "\ufffd"))
+
+
 def record_outcomes(session: Session, outcomes: Sequence[Outcome], *, now: datetime) -> None:
     """Write every outcome and its event row, in the caller's transaction."""
     if not outcomes:
         return
+    outcomes = [_storable(o) for o in outcomes]
     if session.get_bind().dialect.name == "postgresql":
         document = json.dumps(
             [
