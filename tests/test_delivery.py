@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pytest
 
+from postroom import claims
 from postroom.client import Postroom
 from postroom.db import utcnow
+from postroom.delivery import Outcome, record_outcomes
 from postroom.errors import TemporaryFailure
 from postroom.messages import MessageStatus
 from postroom.transports.base import Envelope, SendResult
@@ -23,6 +25,15 @@ def smtp_client(make_settings, sqlite_url, smtp_sink):
 
 def statuses(client, message_id):
     return [(e.status, e.code) for e in client.get_events(message_id)]
+
+
+def claimed(client, count):
+    """``count`` new messages claimed as a worker claims them: their ids, and the claim's time."""
+    ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(count)]
+    now = utcnow()
+    with client.sessions.begin() as session:
+        claims.claim_due(session, ids, lease=timedelta(seconds=30), now=now)
+    return ids, now
 
 
 def test_a_delivered_message_is_sent_once_with_its_events(client, outbox):
@@ -152,15 +163,7 @@ def test_provider_push_back_pauses_the_transport_without_spending_attempts(smtp_
 
 
 def test_recorded_outcomes_keep_their_instant_detail_code_and_refund(client):
-    from datetime import timezone
-
-    from postroom import claims
-    from postroom.delivery import Outcome, record_outcomes
-
-    ids = [client.send("a@example.com", f"m{i}", text="x").id for i in range(3)]
-    now = utcnow()
-    with client.sessions.begin() as session:
-        claims.claim_due(session, ids, lease=timedelta(seconds=30), now=now)
+    ids, now = claimed(client, 3)
     # an instant in another zone, to the microsecond; a detail JSON and SQL would both quote
     retry_at = (now + timedelta(minutes=5, microseconds=123)).astimezone(
         timezone(timedelta(hours=-3))
@@ -187,15 +190,9 @@ def test_recorded_outcomes_keep_their_instant_detail_code_and_refund(client):
 
 def test_a_reply_holding_a_nul_is_recorded_with_a_replacement_character(client):
     # PostgreSQL text cannot hold NUL: unrecorded, the batch's sent messages would be resent
-    from postroom import claims
-    from postroom.delivery import Outcome, record_outcomes
-
-    message = client.send("a@example.com", "m", text="x")
-    now = utcnow()
-    with client.sessions.begin() as session:
-        claims.claim_due(session, [message.id], lease=timedelta(seconds=30), now=now)
-    outcome = Outcome(message.id, MessageStatus.SENT, "250 ok\x00queued", 250, transport="default")
+    [message_id], now = claimed(client, 1)
+    outcome = Outcome(message_id, MessageStatus.SENT, "250 ok\x00queued", 250, transport="default")
     with client.sessions.begin() as session:
         record_outcomes(session, [outcome], now=now)
-    assert client.get_message(message.id).status == MessageStatus.SENT
-    assert [e.detail for e in client.get_events(message.id)][-1] == "250 ok\ufffdqueued"
+    assert client.get_message(message_id).status == MessageStatus.SENT
+    assert [e.detail for e in client.get_events(message_id)][-1] == "250 ok\ufffdqueued"
