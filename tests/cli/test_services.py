@@ -39,3 +39,35 @@ def test_the_worker_command_path_imports_no_library_that_only_other_paths_use():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_worker_command_freezes_what_each_pool_process_inherits(tmp_path, monkeypatch):
+    import gc
+
+    from celery import Celery
+    from celery.signals import worker_process_init
+    from typer.testing import CliRunner
+
+    from postroom.cli.main import main_app
+
+    frozen_in_pool: list[int] = []
+
+    def fork_one_pool_process(self, argv):
+        # what billiard runs in each process it forks, here in this one
+        worker_process_init.send(sender=None)
+        frozen_in_pool.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(Celery, "worker_main", fork_one_pool_process)
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "POSTROOM_DATABASE_URL": f"sqlite:///{tmp_path / 'postroom.db'}",
+        "POSTROOM_DATA_DIR": str(tmp_path / ".postroom"),
+    }
+    assert gc.get_freeze_count() == 0
+    try:
+        result = CliRunner().invoke(main_app(), ["worker", "--quiet"], env=env)
+        assert result.exit_code == 0, result.output
+        assert len(frozen_in_pool) == 1 and frozen_in_pool[0] > 0
+    finally:
+        gc.unfreeze()
+        worker_process_init.disconnect(dispatch_uid="postroom.freeze_inherited_objects")
