@@ -112,6 +112,36 @@ def test_custom_headers_and_very_long_lines_survive():
     assert parsed.get_content().splitlines()[0] == long_line
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("x" * 998, "7bit"),  # SMTP's longest line: goes as it is
+        ("short\n" + "y" * 500 + "  \n.\nend", "7bit"),
+        ("x" * 999, "quoted-printable"),  # past the limit: quoted, soft line breaks
+        ("x" * 100 + "\x00", "quoted-printable"),  # NUL is not 7bit data
+        ("é" + "x" * 100, "quoted-printable"),  # non-ASCII: the stdlib's choice
+        ("é" + "x" * 50, "8bit"),
+    ],
+)
+def test_bodies_go_unencoded_when_ascii_lines_fit_smtp_s_limit(body, expected):
+    for shape in ({"text": body}, {"text": None, "html": body}, {"text": body, "html": body}):
+        with_attachment = files(Attachment(filename="a.txt", content=b"a"))
+        for attachments in ((), with_attachment):  # fast path, then EmailMessage
+            data = build_envelope(message(**shape), attachments, now=NOW).data
+            assert f"Content-Transfer-Encoding: {expected}\r\n".encode() in data
+            parsed = parse(data)
+            parts = [
+                part
+                for part in parsed.walk()
+                if part.get_content_maintype() == "text" and part.get_filename() is None
+            ]
+            assert len(parts) == len(shape) - list(shape.values()).count(None)
+            for part in parts:
+                assert part.get_content().replace("\r\n", "\n") == body + "\n"
+            if expected == "7bit":
+                assert body.split("\n")[1 if "\n" in body else 0].encode() in data
+
+
 def test_signing_receives_the_bytes_and_the_ascii_sender_domain():
     seen = []
 

@@ -104,16 +104,18 @@ def build_email(
 def _set_body(
     email: EmailMessage, text: str | None, html: str | None, inline: Sequence[CheckedAttachment]
 ) -> None:
+    # the transfer encoding is chosen here rather than by the stdlib, which quotes any line
+    # over 78 columns: see mime_fast.body_transfer_encoding
     if text is not None:
-        email.set_content(text)
+        email.set_content(text, cte=mime_fast.body_transfer_encoding(text))
     if html is None:
         return
     html_part: MIMEPart
     if text is None:
-        email.set_content(html, subtype="html")
+        email.set_content(html, subtype="html", cte=mime_fast.body_transfer_encoding(html))
         html_part = email
     else:
-        email.add_alternative(html, subtype="html")
+        email.add_alternative(html, subtype="html", cte=mime_fast.body_transfer_encoding(html))
         *_, html_part = email.iter_parts()
     for image in inline:
         maintype, _, subtype = image.content_type.partition("/")
