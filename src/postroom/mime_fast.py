@@ -382,14 +382,14 @@ MAX_LINE_OCTETS = 998
 
 
 def body_transfer_encoding(text: str) -> str | None:
-    """ "7bit" for a body that can go as it is; None leaves the choice to the stdlib.
+    """The transfer encoding postroom picks for a body: "7bit" where it can go as it is.
 
     The stdlib quotes any body with a line over 78 columns, RFC 5322's recommended width,
-    although 7bit allows lines up to SMTP's limit: a paragraph on one line (the text part
-    derived from HTML writes each paragraph so) or an HTML line of attributes. An ASCII body
-    without NUL whose every line fits that limit goes unencoded, as Django and Ruby's Mail
-    send it: quoting it cost about a fifth of the worker's CPU per message. Lines past the
-    limit, NUL and non-ASCII bodies keep the stdlib's choice (quoted-printable, base64, 8bit).
+    although 7bit allows lines up to SMTP's limit, and a paragraph on one line is common (the
+    text part derived from HTML writes each paragraph so). An ASCII body without NUL whose
+    every line fits that limit goes unencoded, as Django and Ruby's Mail send it, which saves
+    the worker quoting it. ``None`` (lines past the limit, NUL, non-ASCII) leaves the choice
+    to the stdlib: quoted-printable, base64 or 8bit.
     """
     return "7bit" if _goes_as_is(text, text.encode("utf-8").splitlines()) else None
 
