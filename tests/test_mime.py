@@ -119,8 +119,10 @@ def test_custom_headers_and_very_long_lines_survive():
         ("short\n" + "y" * 500 + "  \n.\nend", "7bit"),
         ("x" * 999, "quoted-printable"),  # past the limit: quoted, soft line breaks
         ("x" * 100 + "\x00", "quoted-printable"),  # NUL is not 7bit data
-        ("é" + "x" * 100, "quoted-printable"),  # non-ASCII: the stdlib's choice
-        ("é" + "x" * 50, "8bit"),
+        # non-ASCII: 7-bit clean all the same, in whichever encoding is shorter
+        ("é" + "x" * 100, "quoted-printable"),
+        ("é" + "x" * 50, "quoted-printable"),
+        ("Привет, мир! " * 3, "base64"),
     ],
 )
 def test_bodies_go_unencoded_when_ascii_lines_fit_smtp_s_limit(body, expected):
@@ -140,6 +142,18 @@ def test_bodies_go_unencoded_when_ascii_lines_fit_smtp_s_limit(body, expected):
                 assert part.get_content().replace("\r\n", "\n") == body + "\n"
             if expected == "7bit":
                 assert body.split("\n")[1 if "\n" in body else 0].encode() in data
+
+
+def test_only_a_message_needing_smtputf8_carries_8bit_data():
+    body = "Grüße aus Köln"
+    plain = build_envelope(message(text=body), now=NOW)
+    assert plain.data.isascii()  # a server without 8BITMIME may take it; a relay won't convert
+    utf8 = build_envelope(message(text=body, to=["jörg@example.de"]), now=NOW)
+    assert utf8.smtputf8  # sent with BODY=8BITMIME, which SMTPUTF8 implies
+    assert b"Content-Transfer-Encoding: 8bit\r\n" in utf8.data
+    assert body.encode() in utf8.data
+    for envelope in (plain, utf8):
+        assert parse(envelope.data).get_content().rstrip("\r\n") == body
 
 
 def test_signing_receives_the_bytes_and_the_ascii_sender_domain():

@@ -28,6 +28,12 @@ from postroom.transports.base import Envelope
 
 Sign = Callable[[bytes, str], bytes]  # (message bytes, sender domain) -> signed bytes
 
+# Without SMTPUTF8 a message is 7-bit clean, bodies included: a non-ASCII body goes
+# quoted-printable or base64, never 8bit. A relay that converts 8bit data for a next hop without
+# 8BITMIME breaks the DKIM signature (so RFC 6376 5.3 asks signers to convert first), and a server
+# that does not offer 8BITMIME must not be sent 8bit data at all. SMTPUTF8 implies 8BITMIME.
+SMTP_7BIT = SMTP.clone(cte_type="7bit")
+
 
 @dataclass(frozen=True)
 class WireAddress:
@@ -76,7 +82,7 @@ def build_email(
     smtputf8: bool = False,
 ) -> EmailMessage:
     """Headers and body of ``message``, with its attachments and inline images."""
-    email = EmailMessage(policy=SMTPUTF8 if smtputf8 else SMTP)
+    email = EmailMessage(policy=SMTPUTF8 if smtputf8 else SMTP_7BIT)
     email["From"] = WireAddress.parse(message.from_addr).header(utf8=smtputf8)
     for header, addresses in (
         ("To", message.to),

@@ -389,7 +389,7 @@ def body_transfer_encoding(text: str) -> str | None:
     text part derived from HTML writes each paragraph so). An ASCII body without NUL whose
     every line fits that limit goes unencoded, as Django and Ruby's Mail send it, which saves
     the worker quoting it. ``None`` (lines past the limit, NUL, non-ASCII) leaves the choice
-    to the stdlib: quoted-printable, base64 or 8bit.
+    to the stdlib: quoted-printable or base64 (8bit only with SMTPUTF8: see ``mime.SMTP_7BIT``).
     """
     return "7bit" if _goes_as_is(text, text.encode("utf-8").splitlines()) else None
 
@@ -402,19 +402,18 @@ def _goes_as_is(text: str, lines: list[bytes]) -> bool:
 
 
 def _encode_body(text: str) -> tuple[str, bytes]:
-    """(Content-Transfer-Encoding, body bytes) as ``set_content(text, cte=...)`` writes them.
+    """(Content-Transfer-Encoding, body bytes) as ``set_content(text, cte=...)`` writes them
+    under ``mime.SMTP_7BIT``.
 
     Lines are normalised to CRLF. ``body_transfer_encoding`` picks 7bit where it can; else, up
-    to 78 bytes a line, the body goes as it is (8bit, since the SMTP policy allows it); past
-    that, quoted-printable or base64, whichever the first ten lines show to be shorter, the
-    stdlib's own heuristic.
+    to 78 bytes a line, an ASCII body (one with NUL) goes as it is too; else, quoted-printable
+    or base64, whichever the first ten lines show to be shorter, the stdlib's own heuristic.
     """
     lines = text.encode("utf-8").splitlines()
     if _goes_as_is(text, lines):
         return "7bit", b"\r\n".join(lines) + b"\r\n"
-    if max(map(len, lines), default=0) <= _MAX:
-        body = b"\r\n".join(lines) + b"\r\n"
-        return ("7bit" if body.isascii() else "8bit"), body
+    if text.isascii() and max(map(len, lines), default=0) <= _MAX:
+        return "7bit", b"\r\n".join(lines) + b"\r\n"
     # The stdlib compares the first ten lines encoded both ways. Quoted-printable encodes each
     # line on its own, so the first ten are read off the whole body's encoding.
     quoted = _quoted_printable_lines(b"\n".join(lines).decode("latin-1"))
