@@ -3,10 +3,11 @@
 Structure, outermost first: ``multipart/mixed`` (only with attachments) → ``multipart/
 alternative`` (text and HTML) → ``multipart/related`` (HTML and its inline images, only with
 inline images). Headers go through ``email.headerregistry`` under the SMTP policy, so non-ASCII
-display names and subjects come out RFC 2047 encoded. Domains are sent in their ASCII (IDNA)
-form; only a non-ASCII local part needs SMTPUTF8, and only then are headers raw UTF-8. The
-common shapes (text and/or HTML, no attachments, no SMTPUTF8) are written by ``mime_fast``
-instead, to the same bytes.
+display names and subjects come out RFC 2047 encoded, and bodies are 7-bit clean too
+(``SMTP_7BIT``). Domains are sent in their ASCII (IDNA) form; only a non-ASCII local part needs
+SMTPUTF8, and only then are headers raw UTF-8 and bodies perhaps 8bit. The common shapes (text
+and/or HTML, no attachments, no SMTPUTF8) are written by ``mime_fast`` instead, to the same
+bytes.
 """
 
 from __future__ import annotations
