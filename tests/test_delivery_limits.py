@@ -9,6 +9,7 @@ from sqlalchemy import select
 from postroom.client import Postroom
 from postroom.events import MessageEvent
 from postroom.messages import MessageStatus
+from postroom.transports.memory import MemoryTransport
 
 DAY = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 
@@ -110,3 +111,32 @@ def test_when_the_limits_store_is_down_messages_wait_and_keep_their_attempts(
     assert all("limits unavailable" in (m.last_error or "") for m in held)
     assert outbox == []  # never sent past a limit it could not check
     client.close()
+
+
+def test_tokens_are_taken_once_the_connection_is_open(limited, outbox, monkeypatch):
+    # Opening a connection takes half a second here (a distant provider's TCP, TLS and login).
+    # Tokens taken before it would have refilled meanwhile, letting two messages out at once.
+    now = [DAY]
+    opened: list[datetime] = []
+
+    def connect(transport: MemoryTransport) -> bool:
+        if opened:
+            return False
+        now[0] += timedelta(seconds=0.5)
+        opened.append(now[0])
+        return True
+
+    monkeypatch.setattr(MemoryTransport, "connect", connect, raising=False)
+    client = limited(rate_per_second=10)
+    client.clock = lambda: now[0]
+    ids = [client.send(f"u{i}@example.com", f"m{i}", text="x").id for i in range(3)]
+
+    report = client.deliver(ids)
+
+    assert opened == [DAY + timedelta(seconds=0.5)]
+    assert (report.sent, report.deferred) == (1, 2)  # a burst of one after the connection
+    deferred = sorted(
+        m.next_attempt_at for m in map(client.get_message, ids) if m.status == "deferred"
+    )
+    assert deferred == [opened[0] + timedelta(milliseconds=100 * n) for n in (1, 2)]
+    assert len(outbox) == 1

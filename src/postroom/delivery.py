@@ -22,7 +22,13 @@ from postroom.limits import Limiter, pushback_until
 from postroom.messages import ClaimedMessage, Message, MessageStatus
 from postroom.mime import Sign, build_envelope
 from postroom.retry import RetryPolicy
-from postroom.transports.base import Envelope, SendResult, Transport, send_each
+from postroom.transports.base import (
+    ConnectingTransport,
+    Envelope,
+    SendResult,
+    Transport,
+    send_each,
+)
 from postroom.transports.registry import DEFAULT, TransportRegistry
 
 logger = logging.getLogger(__name__)
@@ -129,8 +135,33 @@ class Deliverer:
     def _send_group(
         self, name: str, group: list[ClaimedMessage], files: dict[str, list[CheckedAttachment]]
     ) -> list[Outcome]:
+        now = self.clock()
+        slot_manager = self.limiter.connection(name, now=now, lease=self.lease)
+        try:
+            slot = slot_manager.__enter__()
+        except Exception as error:
+            return _limits_unavailable(group, name, error, now)
+        try:
+            if not slot:
+                retry_at = now + CONNECTION_CAP_WAIT
+                return [_held_back(m, name, "connection cap reached", retry_at) for m in group]
+            with self.registry.lease(name) as transport:
+                return self._send_paced(name, transport, group, files)
+        finally:
+            # Releasing the slot must never lose the outcomes of messages already sent: a slot
+            # that cannot be released expires with its lease.
+            _quietly(slot_manager.__exit__, None, None, None)
+
+    def _send_paced(
+        self,
+        name: str,
+        transport: Transport,
+        group: list[ClaimedMessage],
+        files: dict[str, list[CheckedAttachment]],
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         pending = group
+        connected = False
         # Under a rate limit the batch is paced for a while (tokens come back within
         # fractions of a second) rather than deferred: a deferral costs rows, events and a
         # sweep, and would leave the bucket's refills unused in between.
@@ -141,10 +172,18 @@ class Deliverer:
                 allowance = self.limiter.acquire(name, len(pending), now=now)
             except Exception as error:
                 return outcomes + _limits_unavailable(pending, name, error, now)
+            if allowance.granted and not connected:
+                connected = True
+                if _opened_connection(transport):
+                    # Tokens taken before a connection's set-up (TCP, TLS, login: up to
+                    # hundreds of milliseconds to a distant provider) would let these messages
+                    # reach the server closer together than the limit allows: taken again now.
+                    _quietly(self.limiter.refund, name, allowance.granted, now=now)
+                    continue
             granted, pending = pending[: allowance.granted], pending[allowance.granted :]
             paused_until = None
             if granted:
-                sent, paused_until = self._send_granted(name, granted, files, now)
+                sent, paused_until = self._send_all(name, transport, granted, files, now)
                 outcomes += sent
             if paused_until is not None:
                 reason = "transport paused by provider push-back"
@@ -167,31 +206,6 @@ class Deliverer:
             time.sleep(seconds)
         # a clock that did not move (tests) would make this loop for ever
         return self.clock() >= moment
-
-    def _send_granted(
-        self,
-        name: str,
-        granted: list[ClaimedMessage],
-        files: dict[str, list[CheckedAttachment]],
-        now: datetime,
-    ) -> tuple[list[Outcome], datetime | None]:
-        slot_manager = self.limiter.connection(name, now=now, lease=self.lease)
-        try:
-            slot = slot_manager.__enter__()
-        except Exception as error:
-            return _limits_unavailable(granted, name, error, now), None
-        try:
-            if not slot:
-                _quietly(self.limiter.refund, name, len(granted), now=now)
-                retry_at = now + CONNECTION_CAP_WAIT
-                held = [_held_back(m, name, "connection cap reached", retry_at) for m in granted]
-                return held, None
-            with self.registry.lease(name) as transport:
-                return self._send_all(name, transport, granted, files, now)
-        finally:
-            # Releasing the slot must never lose the outcomes of messages already sent: a slot
-            # that cannot be released expires with its lease.
-            _quietly(slot_manager.__exit__, None, None, None)
 
     def _send_all(
         self,
@@ -288,6 +302,20 @@ class Deliverer:
         return Outcome(
             message.id, MessageStatus.DEFERRED, str(error), error.code, retry_at, transport=name
         )
+
+
+def _opened_connection(transport: Transport) -> bool:
+    """Open ``transport``'s connection if it has none; True if that took a new connection.
+
+    A failure is left to the send that follows, which reports it for each message.
+    """
+    if not isinstance(transport, ConnectingTransport):
+        return False
+    try:
+        return transport.connect()
+    except Exception:
+        logger.debug("opening a connection ahead of sending failed", exc_info=True)
+        return False
 
 
 def _quietly(call: Callable[..., object], *args: Any, **kwargs: Any) -> None:

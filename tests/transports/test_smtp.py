@@ -26,6 +26,7 @@ from postroom.errors import (
     TemporaryFailure,
 )
 from postroom.transports import create_transport
+from postroom.transports.base import SendResult, send_each
 from postroom.transports.smtp import SmtpConfig, SmtpTransport
 from tests.servers import SmtpSink, free_port, unavailable
 from tests.transports.contract import Delivery, TransportContract, make_envelope
@@ -334,6 +335,42 @@ def test_a_server_restart_between_sends_loses_nothing(make_sink: Callable[..., S
         transport.close()
 
     assert [m.message_id for m in restarted.received] == [envelope.email["Message-ID"]]
+
+
+def test_connect_opens_the_connection_the_next_sends_use(
+    sink: Sink, transport: SmtpTransport
+) -> None:
+    assert transport.connect()  # opened one
+    assert sink.connections == 1
+    assert not transport.connect()  # kept: nothing new opened
+    for _ in range(2):
+        transport.send(make_envelope())
+    [(_, outcome)] = send_each(transport, [make_envelope()])
+    assert isinstance(outcome, SendResult)
+    assert outcome.code == 250
+
+    assert len(sink.received) == 3
+    assert sink.connections == 1
+
+
+def test_a_failed_connect_is_reported_by_the_next_send_without_a_second_attempt(
+    make_sink: Callable[..., Sink],
+) -> None:
+    port = free_port()  # nothing listens yet
+    transport = SmtpTransport(SmtpConfig(host="127.0.0.1", port=port, timeout_seconds=5))
+    try:
+        with pytest.raises(TemporaryFailure):
+            transport.connect()
+        sink = make_sink(port=port)  # a second attempt would now succeed
+
+        outcomes = [outcome for _, outcome in send_each(transport, [make_envelope()] * 2)]
+
+        assert all(isinstance(outcome, TemporaryFailure) for outcome in outcomes)
+        assert sink.connections == 0
+        assert transport.send(make_envelope()).code == 250  # the failure was reported once
+    finally:
+        transport.close()
+    assert sink.connections == 1
 
 
 def test_close_says_quit_and_the_next_send_reconnects(sink: Sink, transport: SmtpTransport) -> None:

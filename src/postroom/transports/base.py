@@ -73,6 +73,23 @@ class Transport(Protocol):
         ...
 
 
+@runtime_checkable
+class ConnectingTransport(Transport, Protocol):
+    """A transport whose connection is worth opening before a message is ready to go.
+
+    Delivery takes rate-limit tokens only once ``connect`` has returned, so that a connection's
+    set-up never stands between a token and the message it lets through.
+    """
+
+    def connect(self) -> bool:
+        """Open a connection if none is usable; True if a new one was opened.
+
+        Raises ``TemporaryFailure`` if it cannot; the next ``send`` or ``send_each`` then
+        reports that failure instead of trying again.
+        """
+        ...
+
+
 # What ``send_each`` yields per envelope: the result, or the error ``send`` would have raised.
 Handed = tuple[Envelope, SendResult | DeliveryError]
 

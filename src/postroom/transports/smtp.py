@@ -150,6 +150,8 @@ class SmtpTransport:
         self.config = config
         self._connection: smtplib.SMTP | None = None
         self._last_used = 0.0
+        # a failure of connect(), raised again by the next send instead of a second attempt
+        self._connect_failure: TemporaryFailure | None = None
         self._local_hostname = config.local_hostname or socket.gethostname()
         self._tls_context = _tls_context(config)
 
@@ -327,7 +329,24 @@ class SmtpTransport:
                 self._connection.quit()
         self._drop()
 
+    def connect(self) -> bool:
+        """Open the connection now if none is usable (``ConnectingTransport``).
+
+        A failure is kept for the send that follows, which reports it for each of its messages:
+        trying again there would make the batch wait for a second timeout.
+        """
+        before = self._connection
+        try:
+            connection = self._ready_connection()
+        except TemporaryFailure as failure:
+            self._connect_failure = failure
+            raise
+        return connection is not before
+
     def _ready_connection(self) -> smtplib.SMTP:
+        failure, self._connect_failure = self._connect_failure, None
+        if failure is not None:
+            raise failure
         if (
             self._connection is not None
             and time.monotonic() - self._last_used > self.config.idle_check_seconds
