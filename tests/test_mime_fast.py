@@ -208,6 +208,30 @@ def test_generated_corpus_is_byte_identical_on_both_paths():
     assert fast_count > 0.9 * CORPUS_SIZE
 
 
+def test_the_date_header_follows_each_message_s_time_and_zone():
+    message = corpus_message(subject="When")
+    berlin = timezone(timedelta(hours=1))
+    moments = [
+        NOW,
+        NOW.astimezone(berlin),  # the same instant, printed in another zone
+        NOW + timedelta(microseconds=999_999),  # within the same second
+        NOW + timedelta(seconds=1),
+        NOW,
+    ]
+    dates = []
+    for index, moment in enumerate(moments):
+        fast, slow = both_paths(message, now=moment, seed=index)
+        assert fast == slow
+        dates.append(next(line for line in fast.split(b"\r\n") if line.startswith(b"Date: ")))
+    assert dates == [
+        b"Date: Mon, 23 Nov 2026 12:00:00 +0000",
+        b"Date: Mon, 23 Nov 2026 13:00:00 +0100",
+        b"Date: Mon, 23 Nov 2026 12:00:00 +0000",
+        b"Date: Mon, 23 Nov 2026 12:00:01 +0000",
+        b"Date: Mon, 23 Nov 2026 12:00:00 +0000",
+    ]
+
+
 def test_common_shapes_take_the_fast_path(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("EmailMessage was used")

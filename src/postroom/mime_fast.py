@@ -22,7 +22,7 @@ import random
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.headerregistry import Address, HeaderRegistry
 from email.policy import SMTP
 from email.utils import format_datetime, parsedate_to_datetime
@@ -156,7 +156,14 @@ def _stable_date(date: str) -> bool:
 
 
 def _date(now: datetime) -> str | None:
-    date = format_datetime(now)
+    # The header shows whole seconds, and a batch's messages are built within a few of them.
+    # The offset is part of the key: one instant in two time zones is one key otherwise.
+    return _date_of_second(now.replace(microsecond=0), now.utcoffset())
+
+
+@lru_cache(maxsize=8)
+def _date_of_second(second: datetime, _offset: timedelta | None) -> str | None:
+    date = format_datetime(second)
     return date if _stable_date(date) else None
 
 
@@ -410,9 +417,7 @@ def _encode_body(text: str) -> tuple[str, bytes]:
     or base64, whichever the first ten lines show to be shorter, the stdlib's own heuristic.
     """
     lines = text.encode("utf-8").splitlines()
-    if _goes_as_is(text, lines):
-        return "7bit", b"\r\n".join(lines) + b"\r\n"
-    if text.isascii() and max(map(len, lines), default=0) <= _MAX:
+    if _goes_as_is(text, lines) or (text.isascii() and max(map(len, lines), default=0) <= _MAX):
         return "7bit", b"\r\n".join(lines) + b"\r\n"
     # The stdlib compares the first ten lines encoded both ways. Quoted-printable encodes each
     # line on its own, so the first ten are read off the whole body's encoding.
