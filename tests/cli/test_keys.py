@@ -53,12 +53,13 @@ def test_create_prints_a_working_key_alone_on_the_last_line(cli_env, db):
 
 def test_list_shows_every_key_but_never_the_key_itself(cli_env, db):
     first = invoke(cli_env, "create", "--name", "web").stdout.splitlines()[-1]
-    second = invoke(cli_env, "create", "--name", "cron").stdout.splitlines()[-1]
+    # a name Rich would take for markup is shown as it is
+    second = invoke(cli_env, "create", "--name", "[red]cron[/]").stdout.splitlines()[-1]
 
-    result = invoke(cli_env, "list")
+    result = invoke({**cli_env, "COLUMNS": "200"}, "list")  # rows unwrapped
 
     assert result.exit_code == 0, result.output
-    for secret, name in ((first, "web"), (second, "cron")):
+    for secret, name in ((first, "web"), (second, "[red]cron[/]")):
         key = live_key(db, secret)
         assert key.id in result.stdout
         assert key.hint in result.stdout

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from postroom.cli.main import main_app
 from postroom.client import Postroom
+from postroom.events import append_event
 from postroom.messages import Message
 
 
@@ -101,3 +102,27 @@ def test_invalid_settings_exit_with_code_2_naming_the_variable(cli_env):
     result = invoke({**cli_env, "POSTROOM_LEASE_SECONDS": "-1"}, "status", "x")
     assert result.exit_code == 2
     assert "POSTROOM_LEASE_SECONDS" in result.stderr
+
+
+def test_status_and_errors_show_bracketed_text_as_it_is(cli_env, settings):
+    # Rich would read these as markup: "[urgent]" vanish as a style, "[/]" raise
+    subject = "[urgent] reset [/] now"
+    sent = invoke(cli_env, "send", "--to", "a@example.com", "--subject", subject, "--text", "x")
+    assert sent.exit_code == 0, sent.output
+    message_id = sent.stdout.split()[0]
+    reply = "421 4.7.0 [/] try [bold]later[/bold]"
+    client = Postroom(settings)
+    with client.sessions() as session, session.begin():
+        append_event(session, message_id, "deferred", detail=reply, code=421)
+    client.close()
+
+    shown = invoke({**cli_env, "COLUMNS": "200"}, "status", message_id)  # the row unwrapped
+    assert shown.exit_code == 0, shown.output
+    assert repr(subject) in shown.stdout
+    assert "[/] try [bold]later[/bold]" in shown.stdout
+
+    header = ["--header", "[/] no colon"]
+    refused = invoke(cli_env, "send", "--to", "a@example.com", "--subject", "Hi", *header)
+    assert refused.exit_code == 2
+    assert "got '[/] no colon'" in refused.stderr
+    assert stored(settings) == 1

@@ -7,6 +7,7 @@ from datetime import datetime
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from postroom import api_keys
@@ -57,7 +58,9 @@ def list_(ctx: typer.Context) -> None:
     table.add_column("created", min_width=10)
     table.add_column("revoked", min_width=10)
     for key in keys:
-        table.add_row(key.id, key.name, key.hint, _when(key.created_at), _when(key.revoked_at))
+        table.add_row(
+            key.id, escape(key.name), key.hint, _when(key.created_at), _when(key.revoked_at)
+        )
     console.print(table)
 
 

@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from postroom.client import Postroom
 from postroom.errors import PostroomError
@@ -45,7 +46,8 @@ class CliState:
 
 def fail(message: str) -> typer.Exit:
     """Print ``message`` to stderr and return the exit to raise (code 2)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # messages quote what was given, which may look like Rich markup: "[/]" would raise
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     return typer.Exit(USAGE_ERROR)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from postroom.attachments import Attachment
@@ -125,7 +126,7 @@ def register(app: typer.Typer) -> None:
         message = client.get_message(message_id)
         console.print(
             f"[bold]{message.id}[/]  {message.status}  attempts={message.attempts}  "
-            f"to={', '.join(message.to)}  subject={message.subject!r}",
+            f"to={escape(', '.join(message.to))}  subject={escape(repr(message.subject))}",
             highlight=False,
         )
         table = Table("at", "status", "code", "detail")
@@ -134,7 +135,7 @@ def register(app: typer.Typer) -> None:
                 event.at.isoformat(timespec="milliseconds"),
                 event.status,
                 "" if event.code is None else str(event.code),
-                event.detail or "",
+                escape(event.detail or ""),  # a server's reply, in its own words
             )
         console.print(table)
 
