@@ -3,11 +3,13 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
 from postroom.client import Postroom
 from postroom.db import Base, create_db_engine
-from postroom.schema import VERSION_TABLE, downgrade, load_models, upgrade
+from postroom.revisions import SchemaRevision, known_revisions, schema_revision
+from postroom.schema import VERSION_TABLE, alembic_config, downgrade, load_models, upgrade
 
 
 def test_migrations_produce_exactly_the_tables_the_models_declare(database_url):
@@ -79,4 +81,19 @@ def test_message_bodies_are_stored_lz4_compressed_on_postgresql(
     upgrade(engine)
     assert _body_compression(engine) == {"text": "l", "html": "l"}
     client.close()
+    engine.dispose()
+
+
+def test_the_revisions_read_without_alembic_are_alembic_s_own(sqlite_url):
+    engine = create_db_engine(sqlite_url)
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    assert known_revisions() == tuple(r.revision for r in reversed(list(script.walk_revisions())))
+    assert schema_revision(engine) == SchemaRevision(
+        current=script.get_current_head(), head=known_revisions()[-1], known=True
+    )
+    downgrade(engine, "0005")
+    behind = schema_revision(engine)
+    assert behind.behind and "at revision 0005, this postroom needs" in behind.describe()
+    downgrade(engine, "base")
+    assert schema_revision(engine).describe() == "the database has no postroom tables"
     engine.dispose()

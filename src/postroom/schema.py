@@ -6,8 +6,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-# Separate from the application's own Alembic history when postroom shares its database.
-VERSION_TABLE = "postroom_alembic_version"
+from postroom.revisions import VERSION_TABLE
+
+__all__ = ["VERSION_TABLE", "alembic_config", "downgrade", "load_models", "upgrade"]
 
 
 def load_models() -> None:

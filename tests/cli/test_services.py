@@ -4,6 +4,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+from sqlalchemy import text
+
+from postroom.db import create_db_engine
+from postroom.schema import VERSION_TABLE, downgrade, upgrade
+
 # Libraries that only other commands, the API or template rendering use. `postroom worker`
 # loads the whole CLI and the client before Celery forks its pool, so any of these imported
 # on that path would sit in the memory of every worker process.
@@ -41,7 +47,9 @@ def test_the_worker_command_path_imports_no_library_that_only_other_paths_use():
     assert result.stdout.strip() == "[]"
 
 
-def test_the_worker_command_freezes_what_each_pool_process_inherits(tmp_path, monkeypatch):
+def test_the_worker_command_freezes_what_each_pool_process_inherits(
+    sqlite_url, tmp_path, monkeypatch
+):
     import gc
 
     from celery import Celery
@@ -60,7 +68,7 @@ def test_the_worker_command_freezes_what_each_pool_process_inherits(tmp_path, mo
     monkeypatch.setattr(Celery, "worker_main", fork_one_pool_process)
     monkeypatch.chdir(tmp_path)
     env = {
-        "POSTROOM_DATABASE_URL": f"sqlite:///{tmp_path / 'postroom.db'}",
+        "POSTROOM_DATABASE_URL": sqlite_url,
         "POSTROOM_DATA_DIR": str(tmp_path / ".postroom"),
     }
     assert gc.get_freeze_count() == 0
@@ -71,3 +79,77 @@ def test_the_worker_command_freezes_what_each_pool_process_inherits(tmp_path, mo
     finally:
         gc.unfreeze()
         worker_process_init.disconnect(dispatch_uid="postroom.freeze_inherited_objects")
+
+
+def _run(env, *args):
+    from typer.testing import CliRunner
+
+    from postroom.cli.main import main_app
+
+    return CliRunner().invoke(main_app(), list(args), env=env)
+
+
+def _env(database_url, tmp_path):
+    return {"POSTROOM_DATABASE_URL": database_url, "POSTROOM_DATA_DIR": str(tmp_path / "data")}
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """What the long-running commands would have started, instead of starting it."""
+    import uvicorn
+    from celery import Celery
+
+    calls: list[str] = []
+    monkeypatch.setattr(Celery, "worker_main", lambda self, argv: calls.append("worker"))
+    monkeypatch.setattr(Celery, "start", lambda self, argv: calls.append("beat"))
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append("api"))
+    return calls
+
+
+def test_commands_on_a_database_never_migrated_say_to_run_migrate(tmp_path, started):
+    env = _env(f"sqlite:///{tmp_path / 'new.db'}", tmp_path)
+    for args in (["status", "0" * 26], ["keys", "list"], ["worker"], ["beat"], ["api"]):
+        result = _run(env, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "the database has no postroom tables" in result.stderr
+        assert "run `postroom migrate`" in result.stderr
+    assert started == []
+
+    assert _run(env, "migrate").exit_code == 0
+    assert _run(env, "worker").exit_code == 0
+    assert started == ["worker"]
+
+
+def test_long_running_commands_refuse_a_database_behind_and_warn_of_one_ahead(
+    sqlite_url, tmp_path, started
+):
+    engine = create_db_engine(sqlite_url)
+    downgrade(engine, "0005")
+    env = _env(sqlite_url, tmp_path)
+    behind = _run(env, "worker")
+    assert behind.exit_code == 2
+    assert "the database is at revision 0005, this postroom needs" in behind.stderr
+    assert started == []
+
+    upgrade(engine)
+    with engine.begin() as connection:  # as a newer release's migration would leave it
+        connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9001'"))
+    engine.dispose()
+    ahead = _run(env, "worker")
+    assert ahead.exit_code == 0, ahead.output
+    assert "warning: the database is at revision 9001, newer than" in ahead.stderr
+    assert started == ["worker"]
+
+
+def test_an_unreachable_database_exits_1_naming_it_without_its_password(tmp_path, started):
+    password = "hunter2-s3cret"
+    # Port 1 refuses connections at once, so the failure is fast and certain.
+    env = _env(f"postgresql://postroom:{password}@127.0.0.1:1/postroom", tmp_path)
+    for args in (["status", "0" * 26], ["worker"], ["migrate"]):
+        result = _run(env, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "postgresql://postroom:***@127.0.0.1:1/postroom" in result.stderr
+        assert "Connection refused" in result.stderr
+        assert password not in result.output
+        assert "Traceback" not in result.output
+    assert started == []

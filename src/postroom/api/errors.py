@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from postroom.api.schemas import ErrorDetail, ErrorResponse, FieldError, TemplateLocation
@@ -50,8 +51,11 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
 # The statuses each kind of endpoint can answer besides success, for the OpenAPI document.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
-    for status in (401, 404, 409, 415, 422)
+    for status in (401, 404, 409, 415, 422, 503)
 }
+
+# What a client waits before retrying when the database did not answer.
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 def error_response(
@@ -139,6 +143,26 @@ def _handle_http_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _handle_database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    # Lost or refused connections, a locked SQLite file, a failover: retrying can succeed, so
+    # the answer says so (a 500 says the request itself broke something). Only the driver's
+    # class is logged: its message can name hosts and users, and SQLAlchemy's adds the SQL.
+    assert isinstance(error, OperationalError)
+    logger.warning(
+        "database unavailable in %s %s: %s",
+        request.method,
+        request.url.path,
+        type(error.orig).__name__,
+    )
+    return error_response(
+        503,
+        "DatabaseUnavailable",
+        "the database is unavailable; retry later (a send retried with the same "
+        "Idempotency-Key is stored once)",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def _handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     # The exception text can hold SQL, parameters or connection details: log it, never answer it.
     logger.exception("unhandled error in %s %s", request.method, request.url.path)
@@ -151,4 +175,5 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_class, _handle_postroom_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(HTTPException, _handle_http_error)
+    app.add_exception_handler(OperationalError, _handle_database_unavailable)
     app.add_exception_handler(Exception, _handle_unexpected)

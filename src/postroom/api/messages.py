@@ -116,6 +116,7 @@ def _is_stored(client: Postroom, key: str | None) -> bool:
         200: {"model": MessageOut, "description": "Replay: the message stored under this key"},
         415: ERROR_RESPONSES[415],
         422: ERROR_RESPONSES[422],
+        503: ERROR_RESPONSES[503],
     },
     openapi_extra=OPENAPI_REQUEST_BODY,
 )

@@ -5,21 +5,25 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.exc import DBAPIError
 
 from postroom.client import Postroom
+from postroom.db import create_db_engine
 from postroom.errors import PostroomError
-from postroom.settings import Settings
+from postroom.revisions import schema_revision
+from postroom.settings import Settings, redact_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 USAGE_ERROR = 2
+UNAVAILABLE = 1
 # soft_wrap: an error message stays on one line, whole, for people and for scripts that grep it
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -52,7 +56,11 @@ def fail(message: str) -> typer.Exit:
 
 
 def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn postroom's errors into a message on stderr and exit code 2."""
+    """Turn postroom's errors into a message on stderr and exit code 2.
+
+    A database error is explained when it can be: an unreachable database exits 1, one whose
+    tables ``postroom migrate`` has not brought up to date exits 2.
+    """
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -60,8 +68,63 @@ def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except PostroomError as error:
             raise fail(str(error)) from None
+        except DBAPIError as error:
+            # Typer passes the context it made, an instance of its Click's own class, not of
+            # typer.Context: found by the name every postroom command gives it
+            ctx = kwargs.get("ctx")
+            if ctx is None:  # a command without settings: nothing to explain it with
+                raise
+            raise database_failure(state(cast(typer.Context, ctx)).settings, error) from None
 
     return run
+
+
+def database_failure(settings: Settings, error: DBAPIError) -> typer.Exit:
+    """Print what is wrong with the database behind ``error``; raise it again if nothing is."""
+    engine = create_db_engine(settings.database_url)
+    try:
+        revision = schema_revision(engine)
+    except DBAPIError as unreachable:
+        return _unreachable(settings, unreachable)
+    finally:
+        engine.dispose()
+    if revision.behind:
+        return _not_migrated(settings, revision.describe())
+    raise error
+
+
+def require_migrated(settings: Settings) -> None:
+    """Stop a long-running command unless the database is reachable and migrated.
+
+    A database a newer release migrated is accepted with a warning: migrations add to the
+    schema, so the older code still running during a rolling deploy keeps working.
+    """
+    engine = create_db_engine(settings.database_url)
+    try:
+        revision = schema_revision(engine)
+    except DBAPIError as unreachable:
+        raise _unreachable(settings, unreachable) from None
+    finally:
+        engine.dispose()
+    if revision.behind:
+        raise _not_migrated(settings, revision.describe())
+    if not revision.known:
+        err_console.print(f"[yellow]warning:[/] {escape(revision.describe())}", highlight=False)
+
+
+def _unreachable(settings: Settings, error: DBAPIError) -> typer.Exit:
+    # The driver's own words (libpq's, sqlite3's) name the host and user, never the password.
+    reason = str(error.orig).strip().splitlines()[0]
+    url = redact_url(settings.database_url)
+    err_console.print(
+        f"[bold red]error:[/] cannot reach the database {escape(url)}: {escape(reason)}",
+        highlight=False,
+    )
+    return typer.Exit(UNAVAILABLE)
+
+
+def _not_migrated(settings: Settings, problem: str) -> typer.Exit:
+    return fail(f"{problem} ({redact_url(settings.database_url)}): run `postroom migrate`")
 
 
 def state(ctx: typer.Context) -> CliState:

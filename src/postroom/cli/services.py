@@ -6,8 +6,9 @@ import gc
 
 import typer
 from celery.signals import worker_process_init
+from sqlalchemy.exc import DBAPIError
 
-from postroom.cli.main import exits_on_errors, state
+from postroom.cli.main import UNAVAILABLE, err_console, exits_on_errors, require_migrated, state
 from postroom.db import create_db_engine
 from postroom.settings import Settings, redact_url
 from postroom.tasks import QUEUES
@@ -62,8 +63,15 @@ def register(app: typer.Typer) -> None:
         from postroom.schema import upgrade  # Alembic: only this command needs it
 
         settings = state(ctx).settings
-        upgrade(create_db_engine(settings.database_url))
-        typer.echo(f"database is up to date: {redact_url(settings.database_url)}")
+        url = redact_url(settings.database_url)
+        try:
+            upgrade(create_db_engine(settings.database_url))
+        except DBAPIError as error:
+            # the driver's words, without the statement and its parameters SQLAlchemy adds
+            reason = str(error.orig).strip().splitlines()[0]
+            err_console.print(f"error: migrating {url} failed: {reason}", markup=False)
+            raise typer.Exit(UNAVAILABLE) from None
+        typer.echo(f"database is up to date: {url}")
 
     @app.command()
     @exits_on_errors
@@ -79,6 +87,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a Celery worker that delivers messages (prefork pool)."""
         settings = state(ctx).settings
+        require_migrated(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         client = state(ctx).client()
         worker_process_init.connect(
@@ -99,6 +108,7 @@ def register(app: typer.Typer) -> None:
     def beat(ctx: typer.Context, loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
         """Run the beat scheduler: publishes due and retried messages, recovers stuck ones."""
         settings = state(ctx).settings
+        require_migrated(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         schedule = settings.data_dir / "celerybeat-schedule"
         state(ctx).client().celery.start(
@@ -126,6 +136,7 @@ def register(app: typer.Typer) -> None:
         from postroom.api.app import create_app, default_workers
 
         settings = state(ctx).settings
+        require_migrated(settings)
         processes = workers if workers is not None else default_workers(settings)
         # Several processes each build their own app (and database pool) from a factory: read
         # from the same environment and .env, their settings are the ones this command read.
