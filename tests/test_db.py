@@ -94,3 +94,27 @@ def test_a_recently_used_pooled_connection_is_not_pinged(postgres_database_url, 
         assert len(pings) == 1
     finally:
         engine.dispose()
+
+
+def test_a_failed_statement_s_error_never_shows_its_parameters(database_url, make_settings):
+    from sqlalchemy.exc import DBAPIError
+
+    from postroom.client import Postroom
+
+    client = Postroom(make_settings(database_url=database_url), publish=lambda *_: None)
+    secret = "https://example.com/reset?token=8f14e45fceea167a5a36dedd4bea2543"
+    with client.sessions() as session:
+        # a write refused by the database, with the message's body among its parameters
+        if database_url.startswith("postgresql"):
+            session.execute(text("SET TRANSACTION READ ONLY"))
+        else:
+            session.execute(text("PRAGMA query_only = ON"))
+        with pytest.raises(DBAPIError) as caught:
+            client.send("ada@example.com", "Reset", text=f"Reset: {secret}", session=session)
+        session.rollback()
+        if database_url.startswith("sqlite"):
+            session.execute(text("PRAGMA query_only = OFF"))
+    client.close()
+    assert "INSERT INTO postroom_messages" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert "ada@example.com" not in str(caught.value)

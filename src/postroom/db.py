@@ -132,11 +132,17 @@ def load_json(document: str | bytes) -> Any:
 def create_db_engine(database_url: str) -> Engine:
     """An engine for ``database_url`` tuned for postroom's access pattern."""
     url = normalize_database_url(database_url)
+    # A statement's parameters are message bodies and addresses: a password-reset link in an
+    # error or a log line is a secret leaked, so SQLAlchemy's errors show the SQL alone.
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, json_deserializer=load_json)
+        engine = create_engine(
+            url, connect_args={"timeout": 30}, json_deserializer=load_json, hide_parameters=True
+        )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=10, json_deserializer=load_json)
+    engine = create_engine(
+        url, pool_size=5, max_overflow=10, json_deserializer=load_json, hide_parameters=True
+    )
     event.listen(engine, "connect", _note_idle_since)
     event.listen(engine, "checkin", _note_idle_since)
     event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
