@@ -112,12 +112,20 @@ def require_migrated(settings: Settings) -> None:
         err_console.print(f"[yellow]warning:[/] {escape(revision.describe())}", highlight=False)
 
 
+def driver_reason(error: DBAPIError) -> str:
+    """The first line of the driver's own message, without the SQL SQLAlchemy adds to it.
+
+    libpq's and sqlite3's words name the host and the user, never the password.
+    """
+    lines = str(error.orig).strip().splitlines()
+    return lines[0] if lines else type(error.orig).__name__
+
+
 def _unreachable(settings: Settings, error: DBAPIError) -> typer.Exit:
-    # The driver's own words (libpq's, sqlite3's) name the host and user, never the password.
-    reason = str(error.orig).strip().splitlines()[0]
     url = redact_url(settings.database_url)
     err_console.print(
-        f"[bold red]error:[/] cannot reach the database {escape(url)}: {escape(reason)}",
+        f"[bold red]error:[/] cannot reach the database {escape(url)}: "
+        f"{escape(driver_reason(error))}",
         highlight=False,
     )
     return typer.Exit(UNAVAILABLE)

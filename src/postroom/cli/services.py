@@ -8,7 +8,14 @@ import typer
 from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError
 
-from postroom.cli.main import UNAVAILABLE, err_console, exits_on_errors, require_migrated, state
+from postroom.cli.main import (
+    UNAVAILABLE,
+    driver_reason,
+    err_console,
+    exits_on_errors,
+    require_migrated,
+    state,
+)
 from postroom.db import create_db_engine
 from postroom.settings import Settings, redact_url
 from postroom.tasks import QUEUES
@@ -67,8 +74,7 @@ def register(app: typer.Typer) -> None:
         try:
             upgrade(create_db_engine(settings.database_url))
         except DBAPIError as error:
-            # the driver's words, without the statement and its parameters SQLAlchemy adds
-            reason = str(error.orig).strip().splitlines()[0]
+            reason = driver_reason(error)
             err_console.print(f"error: migrating {url} failed: {reason}", markup=False)
             raise typer.Exit(UNAVAILABLE) from None
         typer.echo(f"database is up to date: {url}")
