@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar, cast
+from typing import NoReturn, ParamSpec, TypeVar, cast
 
 import typer
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from postroom.client import Postroom
 from postroom.db import create_db_engine
 from postroom.errors import PostroomError
-from postroom.revisions import schema_revision
+from postroom.revisions import SchemaRevision, schema_revision
 from postroom.settings import Settings, redact_url
 
 P = ParamSpec("P")
@@ -50,9 +50,18 @@ class CliState:
 
 def fail(message: str) -> typer.Exit:
     """Print ``message`` to stderr and return the exit to raise (code 2)."""
+    return _error(message, USAGE_ERROR)
+
+
+def unavailable(message: str) -> typer.Exit:
+    """Print ``message`` to stderr and return the exit to raise when a service is down (1)."""
+    return _error(message, UNAVAILABLE)
+
+
+def _error(message: str, code: int) -> typer.Exit:
     # messages quote what was given, which may look like Rich markup: "[/]" would raise
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
-    return typer.Exit(USAGE_ERROR)
+    return typer.Exit(code)
 
 
 def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -74,22 +83,14 @@ def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
             ctx = kwargs.get("ctx")
             if ctx is None:  # a command without settings: nothing to explain it with
                 raise
-            raise database_failure(state(cast(typer.Context, ctx)).settings, error) from None
+            database_failure(state(cast(typer.Context, ctx)).settings, error)
 
     return run
 
 
-def database_failure(settings: Settings, error: DBAPIError) -> typer.Exit:
-    """Print what is wrong with the database behind ``error``; raise it again if nothing is."""
-    engine = create_db_engine(settings.database_url)
-    try:
-        revision = schema_revision(engine)
-    except DBAPIError as unreachable:
-        return _unreachable(settings, unreachable)
-    finally:
-        engine.dispose()
-    if revision.behind:
-        return _not_migrated(settings, revision.describe())
+def database_failure(settings: Settings, error: DBAPIError) -> NoReturn:
+    """Say what is wrong with the database behind ``error``; raise it again if nothing is."""
+    _check_database(settings)
     raise error
 
 
@@ -99,17 +100,24 @@ def require_migrated(settings: Settings) -> None:
     A database a newer release migrated is accepted with a warning: migrations add to the
     schema, so the older code still running during a rolling deploy keeps working.
     """
+    revision = _check_database(settings)
+    if not revision.known:
+        err_console.print(f"[yellow]warning:[/] {escape(revision.describe())}", highlight=False)
+
+
+def _check_database(settings: Settings) -> SchemaRevision:
+    """The database's revision; exits 1 if it cannot be reached, 2 if it is behind."""
+    url = redact_url(settings.database_url)
     engine = create_db_engine(settings.database_url)
     try:
         revision = schema_revision(engine)
-    except DBAPIError as unreachable:
-        raise _unreachable(settings, unreachable) from None
+    except DBAPIError as error:
+        raise unavailable(f"cannot reach the database {url}: {driver_reason(error)}") from None
     finally:
         engine.dispose()
     if revision.behind:
-        raise _not_migrated(settings, revision.describe())
-    if not revision.known:
-        err_console.print(f"[yellow]warning:[/] {escape(revision.describe())}", highlight=False)
+        raise fail(f"{revision.describe()} ({url}): run `postroom migrate`")
+    return revision
 
 
 def driver_reason(error: DBAPIError) -> str:
@@ -119,20 +127,6 @@ def driver_reason(error: DBAPIError) -> str:
     """
     lines = str(error.orig).strip().splitlines()
     return lines[0] if lines else type(error.orig).__name__
-
-
-def _unreachable(settings: Settings, error: DBAPIError) -> typer.Exit:
-    url = redact_url(settings.database_url)
-    err_console.print(
-        f"[bold red]error:[/] cannot reach the database {escape(url)}: "
-        f"{escape(driver_reason(error))}",
-        highlight=False,
-    )
-    return typer.Exit(UNAVAILABLE)
-
-
-def _not_migrated(settings: Settings, problem: str) -> typer.Exit:
-    return fail(f"{problem} ({redact_url(settings.database_url)}): run `postroom migrate`")
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -8,14 +8,7 @@ import typer
 from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError
 
-from postroom.cli.main import (
-    UNAVAILABLE,
-    driver_reason,
-    err_console,
-    exits_on_errors,
-    require_migrated,
-    state,
-)
+from postroom.cli.main import driver_reason, exits_on_errors, require_migrated, state, unavailable
 from postroom.db import create_db_engine
 from postroom.settings import Settings, redact_url
 from postroom.tasks import QUEUES
@@ -74,9 +67,7 @@ def register(app: typer.Typer) -> None:
         try:
             upgrade(create_db_engine(settings.database_url))
         except DBAPIError as error:
-            reason = driver_reason(error)
-            err_console.print(f"error: migrating {url} failed: {reason}", markup=False)
-            raise typer.Exit(UNAVAILABLE) from None
+            raise unavailable(f"migrating {url} failed: {driver_reason(error)}") from None
         typer.echo(f"database is up to date: {url}")
 
     @app.command()
