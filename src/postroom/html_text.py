@@ -93,10 +93,27 @@ _START = _TOKEN.groupindex["start"]
 _ATTRS = _TOKEN.groupindex["attrs"]
 _BROKEN = _TOKEN.groupindex["broken"]
 assert _BROKEN < _TOKEN.groupindex["lt"] == _TOKEN.groups  # text-like kinds: _TEXT, >= _BROKEN
-# Tags with a rule; any other tag (b, span, strong, html, body, ...) adds nothing to the text,
-# and a start tag's rules cover every end tag's, so the loop passes over the rest at once.
-_RULED_END = _SKIPPED | _BREAKS_AT_END.keys() | {"a", "ul", "ol", "pre"}
-_RULED_START = _RULED_END | _BREAKS_AT_START.keys() | {"br", "li", "td", "th", "img"}
+
+# What a tag does, by its lower-case name, as one number the loop compares: 1 and 2 are the
+# line breaks a block owes (at its start for a start tag, at its end for an end tag), and the
+# rest name a rule. Any other tag (b, span, strong, html, body, ...) adds nothing to the text.
+_SKIP, _RAW, _BR, _LIST, _ITEM, _CELL, _LINK, _IMAGE, _PRE = range(3, 12)
+_START_RULES = (
+    dict.fromkeys(_SKIPPED, _SKIP)
+    | dict.fromkeys(_RAW_TEXT_END, _RAW)
+    | _BREAKS_AT_START
+    | {"br": _BR, "ul": _LIST, "ol": _LIST, "li": _ITEM, "td": _CELL, "th": _CELL}
+    | {"a": _LINK, "img": _IMAGE, "pre": _PRE}
+)
+_END_RULES = (
+    dict.fromkeys(_SKIPPED, _SKIP)
+    | _BREAKS_AT_END
+    | {"ul": _LIST, "ol": _LIST, "a": _LINK, "pre": _PRE}
+)
+assert _BREAKS_AT_START["pre"] == _BREAKS_AT_END["pre"] == 2  # what _PRE owes, both ends
+_OWED = ("", "\n", "\n\n")  # the text of 0, 1 or 2 owed line breaks
+# The common link, ``<a href="...">`` and nothing else: its value without reading attributes.
+_HREF_ALONE = re.compile(r"""\s+href\s*=\s*(?:"([^"&]*)"|'([^'&]*)')\s*""", re.IGNORECASE)
 
 
 def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see below)
@@ -105,8 +122,9 @@ def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see belo
     Blocks become line breaks (paragraphs and headings a blank line), list items get a "- "
     indented by nesting, table cells a space, links keep their address after their text,
     images their alt text; head, script, style, template and title are left out. One loop
-    over the tokens with the state in local variables: method calls per token made this
-    most of ``send()``'s own time for an HTML email.
+    over the tokens with the state in local variables, and each tag's rule one dictionary
+    lookup away: function calls and string comparisons per token made this most of
+    ``send()``'s own time for an HTML email.
     """
     out: list[str] = []
     breaks = 0  # line breaks owed before the next text
@@ -123,7 +141,7 @@ def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see belo
             if kind == _TEXT or kind >= _BROKEN:  # text, or markup read as text
                 if skip:
                     continue
-                data = token.group()
+                data = token[0]
                 if "&" in data:
                     data = unescape(data)
                 if pre:
@@ -132,49 +150,63 @@ def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see belo
                     continue
                 words = data.split()
                 if words:
-                    if breaks and out:
-                        out.append("\n" * breaks)
-                    elif (space or data[0].isspace()) and out and out[-1][-1:] not in ("\n", " "):
-                        out.append(" ")
+                    if out:
+                        if breaks:
+                            out.append(_OWED[breaks])
+                        elif (space or data[0].isspace()) and out[-1][-1:] not in ("\n", " "):
+                            out.append(" ")
                     out.append(" ".join(words))
                     breaks = 0
                 space = data[-1:].isspace()
                 continue
-            closing: str | None = None  # the end tag this token closes
             if kind == _END:
-                closing = token[_END].lower()
-                if closing not in _RULED_END:
+                rule = _END_RULES.get(token[_END].lower())
+                if rule is None:
                     continue
             else:  # a start tag
                 tag = token[_START].lower()
-                if tag not in _RULED_START:
+                rule = _START_RULES.get(tag)
+                if rule is None:
                     continue
                 attrs = token[_ATTRS]
-                if tag in _SKIPPED:
+                if rule in (_SKIP, _RAW):
                     skip += 1
-                elif not skip:
-                    if tag == "br":
-                        _emit(out, "\n", breaks, space)
-                        breaks, space = 0, False
-                    elif tag == "ul" or tag == "ol":
-                        lists += 1
-                        breaks = max(breaks, 1 if lists > 1 else 2)
-                    elif tag == "li":
-                        _emit(out, "  " * max(lists - 1, 0) + "- ", max(breaks, 1), space)
-                        breaks, space = 0, False
-                    elif tag == "td" or tag == "th":
-                        space = True
-                    elif tag == "a":
-                        links.append((_attribute(attrs, "href") or "", len(out)))
-                    elif tag == "img" and (alt := _attribute(attrs, "alt")):
+                elif skip:
+                    pass  # inside a skipped element nothing else counts, closed or not
+                elif rule == _ITEM:
+                    if out:
+                        out.append(_OWED[breaks] if breaks > 1 else "\n")
+                    out.append("- " if lists < 2 else "  " * (lists - 1) + "- ")
+                    breaks, space = 0, False
+                elif rule == _LINK:
+                    alone = _HREF_ALONE.fullmatch(attrs)
+                    if alone is not None:
+                        href = alone[1] if alone[1] is not None else alone[2]
+                    else:
+                        href = _attribute(attrs, "href") or ""
+                    links.append((href, len(out)))
+                elif rule <= 2:
+                    if rule > breaks:
+                        breaks = rule
+                elif rule == _LIST:
+                    lists += 1
+                    breaks = max(breaks, 1 if lists > 1 else 2)
+                elif rule == _BR:
+                    _emit(out, "\n", breaks, space)
+                    breaks, space = 0, False
+                elif rule == _CELL:
+                    space = True
+                elif rule == _IMAGE:
+                    if alt := _attribute(attrs, "alt"):
                         breaks, space = _data(out, alt, breaks, space, pre)
-                    if (count := _BREAKS_AT_START.get(tag, 0)) > breaks:
-                        breaks = count
-                    if tag == "pre":
-                        pre += 1
-                if attrs.endswith("/"):
-                    closing = tag
-                elif tag in _RAW_TEXT_END:
+                elif rule == _PRE:
+                    breaks = 2
+                    pre += 1
+                if attrs.endswith("/"):  # written as closed: its end tag's rule follows
+                    rule = _END_RULES.get(tag)
+                    if rule is None:
+                        continue
+                elif rule == _RAW:
                     # its content is skipped (script and style are): read on after its end tag,
                     # which closes it again; without one, the rest of the document is its content
                     end = _RAW_TEXT_END[tag].search(html, token.end())
@@ -184,10 +216,17 @@ def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see belo
                     break
                 else:
                     continue
-            if closing in _SKIPPED:
-                skip = max(skip - 1, 0)
-            elif not skip:
-                if closing == "a" and links:
+            # an end tag's rule
+            if rule == _SKIP:
+                if skip:
+                    skip -= 1
+            elif skip:
+                continue
+            elif rule <= 2:
+                if rule > breaks:
+                    breaks = rule
+            elif rule == _LINK:
+                if links:
                     href, start = links.pop()
                     if href and not href.startswith(("#", "javascript:")):
                         shown = href.removeprefix("mailto:")
@@ -197,12 +236,13 @@ def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see belo
                             breaks, space = 0, False
                         elif text != href and text != shown:
                             out.append(f" ({shown})")
-                elif closing == "ul" or closing == "ol":
-                    lists = max(lists - 1, 0)
-                    breaks = max(breaks, 2 if not lists else 1)
-                if (count := _BREAKS_AT_END.get(closing, 0)) > breaks:
-                    breaks = count
-                if closing == "pre":
-                    pre = max(pre - 1, 0)
+            elif rule == _LIST:
+                if lists:
+                    lists -= 1
+                breaks = max(breaks, 2 if not lists else 1)
+            elif rule == _PRE:
+                breaks = 2
+                if pre:
+                    pre -= 1
     lines = [line.rstrip() for line in "".join(out).split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
