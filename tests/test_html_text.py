@@ -17,6 +17,8 @@ FRAGMENTS = [
     "<p>", "</p>", "<br>", "<br/>", "<BR />", "<div class='a'>", "</div>", "</DIV >",
     '<a href="https://x.test/?a=1&amp;b=2">', "<a href='mailto:m@x.test'>", "<a href=#top>",
     "</a>", '<A HREF="HTTPS://Y.TEST">', '<a title="x>y" href="z">', "<a href>", '<a href="">',
+    "<a href = 'sp.test' >", '<a\nhref="nl.test">', '<a href="one.test" href="two.test">',
+    '<a href="self.test"/>', "<a href=bare.test>", '<a href=="eq.test">',
     '<img alt="Logo &amp; co" src=x>', "<img src=y>", "<img alt=bare/>", "<ul>", "</ul>",
     "<ol>", "</ol>", "<li>", "</li>", "<table>", "<tr>", "<td>", "<td >", "</td>", "<th>",
     "</tr>", "</table>", "<pre>", "</pre>", "<h1>", "</h1>", "<b>", "</b>", "<p/>",
