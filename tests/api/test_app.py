@@ -58,6 +58,28 @@ def test_openapi_describes_both_bodies_of_a_send(api):
     assert "template" in schemas["ErrorDetail"]["properties"]
 
 
+def test_every_endpoint_behind_a_key_documents_401_and_503_with_retry_after(api):
+    # the key itself is read from the database, so any of them answers 503 when it is down
+    document = api.get("/openapi.json").json()
+
+    keyed = [
+        (path, method, operation)
+        for path, operations in document["paths"].items()
+        if path.startswith("/v1/")
+        for method, operation in operations.items()
+    ]
+
+    assert len(keyed) >= 8
+    for path, method, operation in keyed:
+        responses = operation["responses"]
+        assert {"401", "503"} <= set(responses), (method, path)
+        unavailable = responses["503"]
+        assert "Retry-After" in unavailable["headers"], (method, path)
+        assert unavailable["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"
+        }
+
+
 def test_docs_page_is_served(api):
     response = api.get("/docs")
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from postroom import devinbox
 from postroom.api.auth import require_api_key
-from postroom.api.errors import ERROR_RESPONSES
+from postroom.api.errors import ERROR_RESPONSES, KEYED_RESPONSES
 from postroom.api.schemas import CaughtDetail, CaughtPage, CaughtSummary, HeaderOut
 from postroom.devinbox import CaughtMessage
 from postroom.errors import MessageNotFound
@@ -19,7 +19,7 @@ router = APIRouter(
     prefix="/v1/dev/inbox",
     tags=["dev inbox"],
     dependencies=[Depends(require_api_key)],
-    responses={401: ERROR_RESPONSES[401]},
+    responses=KEYED_RESPONSES,
 )
 
 

@@ -48,14 +48,33 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     NotAuthenticated: 401,
 }
 
-# The statuses each kind of endpoint can answer besides success, for the OpenAPI document.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
-    for status in (401, 404, 409, 415, 422, 503)
-}
-
 # What a client waits before retrying when the database did not answer.
 DATABASE_RETRY_AFTER_SECONDS = 2
+
+_DATABASE_UNAVAILABLE: dict[str, Any] = {
+    "model": ErrorResponse,
+    "description": "The database did not answer; retry after `Retry-After` seconds",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer", "example": DATABASE_RETRY_AFTER_SECONDS},
+        }
+    },
+}
+# The statuses each kind of endpoint can answer besides success, for the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{
+        status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
+        for status in (401, 404, 409, 415, 422)
+    },
+    503: _DATABASE_UNAVAILABLE,
+}
+# What every endpoint behind an API key can answer besides its own: the key is read from the
+# database, so even an endpoint that reads no rows itself answers 503 when it is down.
+KEYED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: ERROR_RESPONSES[401],
+    503: ERROR_RESPONSES[503],
+}
 
 
 def error_response(

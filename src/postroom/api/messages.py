@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from postroom import messages
 from postroom.api.auth import ClientDep, require_api_key
-from postroom.api.errors import ERROR_RESPONSES
+from postroom.api.errors import ERROR_RESPONSES, KEYED_RESPONSES
 from postroom.api.message_body import OPENAPI_REQUEST_BODY, read_send_request
 from postroom.api.schemas import (
     AttachmentOut,
@@ -30,7 +30,7 @@ router = APIRouter(
     prefix="/v1/messages",
     tags=["messages"],
     dependencies=[Depends(require_api_key)],
-    responses={401: ERROR_RESPONSES[401]},
+    responses=KEYED_RESPONSES,
 )
 
 MessageId = Annotated[str, Path(description="The message id returned when it was accepted.")]
@@ -116,7 +116,6 @@ def _is_stored(client: Postroom, key: str | None) -> bool:
         200: {"model": MessageOut, "description": "Replay: the message stored under this key"},
         415: ERROR_RESPONSES[415],
         422: ERROR_RESPONSES[422],
-        503: ERROR_RESPONSES[503],
     },
     openapi_extra=OPENAPI_REQUEST_BODY,
 )

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from postroom.api.auth import ClientDep, require_api_key
-from postroom.api.errors import ERROR_RESPONSES
+from postroom.api.errors import ERROR_RESPONSES, KEYED_RESPONSES
 from postroom.api.schemas import (
     RenderedOut,
     RenderRequest,
@@ -22,7 +22,7 @@ router = APIRouter(
     prefix="/v1/templates",
     tags=["templates"],
     dependencies=[Depends(require_api_key)],
-    responses={401: ERROR_RESPONSES[401]},
+    responses=KEYED_RESPONSES,
 )
 
 TemplateName = Annotated[str, Path(description="The template's name.")]
