@@ -12,10 +12,12 @@ import threading
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
-from postroom.batches import BatchItemRejected, BatchResult
+from postroom.batches import BatchInterrupted, BatchItemRejected, BatchResult
 from postroom.client import Postroom
 from postroom.errors import (
     ConfigurationError,
+    DatabaseNotMigrated,
+    DatabaseUnavailable,
     DeliveryError,
     HeaderInjection,
     InvalidAddress,
@@ -73,9 +75,12 @@ get_message = _on_default_client(Postroom.get_message)
 cancel = _on_default_client(Postroom.cancel)
 
 __all__ = [
+    "BatchInterrupted",
     "BatchItemRejected",
     "BatchResult",
     "ConfigurationError",
+    "DatabaseNotMigrated",
+    "DatabaseUnavailable",
     "DeliveryError",
     "HeaderInjection",
     "InvalidAddress",

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
 
 from postroom.attachments import AttachmentStore
+from postroom.database_errors import database_errors
 from postroom.db import UTCDateTime, publish_after_commit
 from postroom.drafts import Draft, Stream
-from postroom.errors import MessageRejected
+from postroom.errors import DatabaseUnavailable, MessageRejected
 from postroom.events import MessageEvent, NewEvent, append_events
 from postroom.messages import Message, MessageStatus, ids_by_idempotency_key, new_row
 from postroom.publishing import Publish
@@ -80,6 +81,20 @@ class BatchItemRejected(MessageRejected):
         super().__init__(error.detail, field=f"{where}.{error.field}" if error.field else where)
         self.index = index
         self.error = error
+        self.result = result
+
+
+class BatchInterrupted(DatabaseUnavailable):
+    """The database failed while storing the chunk that starts at item ``index``.
+
+    ``result`` describes the items before ``index``: committed and published. The chunk from
+    ``index`` may have been stored as well (its commit can land before the connection drops),
+    so resume from ``index`` with the same idempotency keys: each message is stored once.
+    """
+
+    def __init__(self, index: int, error: DatabaseUnavailable, result: BatchResult) -> None:
+        super().__init__(f"messages[{index}:]: {error.detail}", driver_error=error.driver_error)
+        self.index = index
         self.result = result
 
 
@@ -269,19 +284,29 @@ class BatchSender:
             raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
         tally = _Tally(keep_ids)
         for start, chunk in _chunks(items, self.chunk_size):
-            with self._transaction() as session:
-                drafts, rejected = self._prepare(session, chunk)
-                if drafts:
-                    stored = create_many(
-                        session, drafts, attachment_store=self.attachment_store, now=self.clock()
-                    )
-                    for stream, ids in stored.due.items():
-                        publish_after_commit(session, stream, ids, self.publish)
-                    tally.add(stored)
+            try:
+                with self._translating(), self._transaction() as session:
+                    drafts, rejected = self._prepare(session, chunk)
+                    if drafts:
+                        stored = create_many(
+                            session,
+                            drafts,
+                            attachment_store=self.attachment_store,
+                            now=self.clock(),
+                        )
+                        for stream, ids in stored.due.items():
+                            publish_after_commit(session, stream, ids, self.publish)
+                        tally.add(stored)
+            except DatabaseUnavailable as error:
+                raise BatchInterrupted(start, error, tally.result()) from error
             # the valid items before a rejected one are committed (above) before it is reported
             if rejected is not None:
                 raise BatchItemRejected(start + len(drafts), rejected, tally.result()) from rejected
         return tally.result()
+
+    def _translating(self) -> AbstractContextManager[None]:
+        # a caller's session is the caller's: its database errors are not ours to rename
+        return nullcontext() if self.session is not None else database_errors()
 
     def _transaction(self) -> AbstractContextManager[Session]:
         if self.session is not None:

@@ -12,11 +12,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postroom import batches, claims, messages
 from postroom.attachments import Attachment, AttachmentStore, StoredAttachment, list_attachments
+from postroom.database_errors import database_errors, translates_database_errors
 from postroom.db import EngineCache, publish_after_commit, utcnow
 from postroom.delivery import Deliverer, DeliveryReport
 from postroom.dkim import DkimSigner
@@ -48,6 +50,10 @@ class Postroom:
     publishing Celery tasks (``publish(stream, ids)``), and ``transport`` replaces the transport
     built from ``settings.transport_url``; both exist for embedding and tests. ``clock`` gives
     the current aware UTC time.
+
+    Every method an application calls raises ``DatabaseUnavailable`` or ``DatabaseNotMigrated``
+    for a database that cannot do the work, never SQLAlchemy's exceptions; the worker's own
+    methods (``deliver``, ``drain``, ...) leave theirs to the task that runs them.
     """
 
     def __init__(
@@ -113,6 +119,9 @@ class Postroom:
         transaction: the task is published when the caller commits, and never on rollback).
         Raises a ``MessageRejected`` subclass, before storing anything, for invalid input.
         With an ``idempotency_key`` already used, returns the message stored under it.
+        Raises ``DatabaseUnavailable`` when the database cannot take the message (retry, with the
+        same ``idempotency_key`` to store it once) and ``DatabaseNotMigrated`` when it lacks the
+        tables; with ``session``, database errors are the caller's own and are not translated.
 
         Give the content either as ``subject`` with ``text`` and/or ``html`` (a text part is
         derived from HTML when missing), or as ``template`` with ``context`` and ``locale``:
@@ -141,14 +150,15 @@ class Postroom:
         if session is not None:
             draft = self._draft(session, content, template, context, locale, fields)
             return self._add(session, draft)
-        if template is None and not attachments and self._engines.dialect == "postgresql":
-            draft = self._draft(None, content, template, context, locale, fields)
-            return self._insert_alone(draft)
-        with self._sessions_for_one_insert(attachments)() as own:
-            draft = self._draft(own, content, template, context, locale, fields)
-            message = self._add(own, draft)
-            own.commit()
-        return message
+        with database_errors():
+            if template is None and not attachments and self._engines.dialect == "postgresql":
+                draft = self._draft(None, content, template, context, locale, fields)
+                return self._insert_alone(draft)
+            with self._sessions_for_one_insert(attachments)() as own:
+                draft = self._draft(own, content, template, context, locale, fields)
+                message = self._add(own, draft)
+                own.commit()
+            return message
 
     def _sessions_for_one_insert(self, attachments: object) -> sessionmaker[Session]:
         # On PostgreSQL a message without attachments is one INSERT (its event rides in the
@@ -160,7 +170,11 @@ class Postroom:
     def _insert_alone(self, draft: Draft) -> Message:
         # The common send(): one autocommit INSERT, without an ORM session or a transaction.
         engine = self._engines.engine
-        pooled = engine.raw_connection()
+        driver_errors = engine.dialect.loaded_dbapi.Error
+        try:
+            pooled = engine.raw_connection()
+        except driver_errors as error:  # refused: raw_connection() leaves the driver's error bare
+            raise _wrapped(engine, error, disconnected=False) from error
         driver: Any = pooled.dbapi_connection
         try:
             driver.autocommit = True  # a local switch: the connection is idle
@@ -168,20 +182,12 @@ class Postroom:
                 message = messages.insert_alone(driver, engine.dialect, draft, now=self.clock())
             finally:
                 driver.autocommit = False
-        except engine.dialect.loaded_dbapi.Error as error:
+        except driver_errors as error:
             # as SQLAlchemy would: a lost connection leaves the pool, and the error is wrapped
             disconnected = engine.dialect.is_disconnect(error, driver, None)
             if disconnected:
                 pooled.invalidate(error)
-            raise DBAPIError.instance(
-                None,
-                None,
-                error,
-                engine.dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                connection_invalidated=disconnected,
-                dialect=engine.dialect,
-            ) from error
+            raise _wrapped(engine, error, disconnected=disconnected) from error
         finally:
             pooled.close()
         if message is None:  # the idempotency key was used already
@@ -275,6 +281,11 @@ class Postroom:
         where to resume. With ``session``, the rows join the caller's transaction instead: the
         tasks are published when the caller commits and never on rollback, so rolling back
         after an error stores nothing at all.
+
+        Without ``session``, a database outage raises ``BatchInterrupted`` (a
+        ``DatabaseUnavailable``): ``error.result`` counts the stored items before
+        ``error.index``, and resuming from there with the same idempotency keys stores each
+        message once.
         """
         sender = batches.BatchSender(
             prepare=functools.partial(self._batch_draft, stream=batches.check_stream(stream)),
@@ -328,22 +339,26 @@ class Postroom:
             publish_after_commit(session, message.stream, [message.id], self._submit)
         return message
 
+    @translates_database_errors
     def get_message(self, message_id: str) -> Message:
         """The message with ``message_id``; ``MessageNotFound`` if there is none."""
         with self.sessions() as session:
             return messages.get(session, message_id)
 
+    @translates_database_errors
     def get_events(self, message_id: str) -> list[MessageEvent]:
         """The message's status transitions, oldest first."""
         with self.sessions() as session:
             messages.get(session, message_id)
             return list_events(session, message_id)
 
+    @translates_database_errors
     def list_attachments(self, message_id: str) -> list[StoredAttachment]:
         """The message's attachments in order, without their content."""
         with self.sessions() as session:
             return list_attachments(session, message_id)
 
+    @translates_database_errors
     def list_messages(
         self, *, status: MessageStatus | None = None, before: str | None = None, limit: int = 50
     ) -> list[Message]:
@@ -351,6 +366,7 @@ class Postroom:
         with self.sessions() as session:
             return messages.list_messages(session, status=status, before=before, limit=limit)
 
+    @translates_database_errors
     def cancel(self, message_id: str) -> Message:
         """Cancel a message not yet being sent; ``InvalidTransition`` otherwise."""
         with self.sessions.begin() as session:
@@ -361,6 +377,7 @@ class Postroom:
     # css-inline would add ~4 MiB to every worker process, which only sends content that was
     # rendered at enqueue.
 
+    @translates_database_errors
     def save_template(
         self,
         name: str,
@@ -378,6 +395,7 @@ class Postroom:
                 session, name, subject=subject, text=text, html=html, locale=locale
             )
 
+    @translates_database_errors
     def get_template(
         self, name: str, *, locale: str | None = None, version: int | None = None
     ) -> Template:
@@ -387,6 +405,7 @@ class Postroom:
         with self.sessions() as session:
             return templates.get_template(session, name, locale=locale, version=version)
 
+    @translates_database_errors
     def list_templates(self) -> list[Template]:
         """The newest version of every template and locale."""
         from postroom import templates
@@ -394,6 +413,7 @@ class Postroom:
         with self.sessions() as session:
             return templates.list_templates(session)
 
+    @translates_database_errors
     def list_template_versions(self, name: str, *, locale: str = "") -> list[Template]:
         """Every version of one template variant, oldest first."""
         from postroom import templates
@@ -401,6 +421,7 @@ class Postroom:
         with self.sessions() as session:
             return templates.list_versions(session, name, locale)
 
+    @translates_database_errors
     def sync_templates(self, directory: os.PathLike[str]) -> list[Template]:
         """Load a folder of template files; return those that got a new version."""
         from postroom import templates
@@ -408,6 +429,7 @@ class Postroom:
         with self.sessions.begin() as session:
             return templates.sync_folder(session, Path(directory))
 
+    @translates_database_errors
     def render_template(
         self,
         name: str,
@@ -576,3 +598,16 @@ class Postroom:
         if self._registry is not None:
             self._registry.close()
         self._engines.dispose()
+
+
+def _wrapped(engine: Engine, error: Exception, *, disconnected: bool) -> StatementError:
+    """The driver's ``error`` as SQLAlchemy wraps one, without the statement's parameters."""
+    return DBAPIError.instance(
+        None,
+        None,
+        error,
+        engine.dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        connection_invalidated=disconnected,
+        dialect=engine.dialect,
+    )

@@ -2,6 +2,9 @@
 
 PostroomError
 ├── ConfigurationError              at startup: bad settings, unknown transport scheme
+│   └── DatabaseNotMigrated         the database lacks postroom's tables: run `postroom migrate`
+├── DatabaseUnavailable             the database did not answer; retrying later can succeed
+│   └── BatchInterrupted            (batches.py) mid-batch; the items before ``index`` are stored
 ├── MessageRejected (ValueError)    the caller's input; nothing was stored
 │   ├── InvalidAddress  ├── HeaderInjection  ├── MessageTooLarge  ├── TemplateError
 │   ├── UnknownTransport            ``transport=`` names no configured transport
@@ -25,6 +28,27 @@ class PostroomError(Exception):
 
 class ConfigurationError(PostroomError):
     """A setting is missing or malformed, or names something postroom does not know."""
+
+
+class DatabaseNotMigrated(ConfigurationError):
+    """The database lacks tables or columns this postroom needs: run ``postroom migrate``."""
+
+
+class DatabaseUnavailable(PostroomError):
+    """The database did not take the work: a refused or lost connection, a locked SQLite file,
+    no pooled connection free in time. Retrying later can succeed.
+
+    A send interrupted this way may have been stored, because a connection can drop after the
+    commit and before its answer. Retried with the same ``idempotency_key``, it is stored once.
+    ``driver_error`` names the driver's exception class, for logs.
+    """
+
+    def __init__(self, detail: str, *, driver_error: str) -> None:
+        super().__init__(
+            f"{detail}; retry later (a send retried with the same idempotency_key is stored once)"
+        )
+        self.detail = detail
+        self.driver_error = driver_error
 
 
 class MessageRejected(PostroomError, ValueError):

@@ -141,6 +141,21 @@ def test_long_running_commands_refuse_a_database_behind_and_warn_of_one_ahead(
     assert started == ["worker"]
 
 
+def test_a_command_on_a_database_without_postroom_tables_exits_2_naming_the_migration(
+    sqlite_url, tmp_path
+):
+    engine = create_db_engine(sqlite_url)
+    downgrade(engine, "base")
+    engine.dispose()
+    env = _env(sqlite_url, tmp_path)
+    for args in (["status", "0" * 26], ["templates", "list"], ["cancel", "0" * 26]):
+        result = _run(env, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "the database has no postroom tables" in result.stderr
+        assert "run `postroom migrate`" in result.stderr
+        assert "Traceback" not in result.output
+
+
 def test_an_unreachable_database_exits_1_naming_it_without_its_password(tmp_path, started):
     password = "hunter2-s3cret"
     # Port 1 refuses connections at once, so the failure is fast and certain.

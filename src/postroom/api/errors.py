@@ -16,11 +16,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from postroom.api.schemas import ErrorDetail, ErrorResponse, FieldError, TemplateLocation
+from postroom.database_errors import translated
 from postroom.errors import (
+    DatabaseNotMigrated,
+    DatabaseUnavailable,
     InvalidTransition,
     MessageNotFound,
     MessageRejected,
@@ -53,7 +57,10 @@ DATABASE_RETRY_AFTER_SECONDS = 2
 
 _DATABASE_UNAVAILABLE: dict[str, Any] = {
     "model": ErrorResponse,
-    "description": "The database did not answer; retry after `Retry-After` seconds",
+    "description": (
+        "The database did not answer (`DatabaseUnavailable`) or lacks postroom's tables"
+        " (`DatabaseNotMigrated`); retry after `Retry-After` seconds"
+    ),
     "headers": {
         "Retry-After": {
             "description": "Seconds to wait before retrying",
@@ -162,23 +169,35 @@ def _handle_http_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
-def _handle_database_unavailable(request: Request, error: Exception) -> JSONResponse:
-    # Lost or refused connections, a locked SQLite file, a failover: retrying can succeed, so
-    # the answer says so (a 500 says the request itself broke something). Only the driver's
-    # class is logged: its message can name hosts and users, and SQLAlchemy's adds the SQL.
-    assert isinstance(error, OperationalError)
+def _handle_database_error(request: Request, error: Exception) -> JSONResponse:
+    # Lost or refused connections, a locked SQLite file, a failover, a migration not yet run:
+    # retrying can succeed, so the answer says so (a 500 says the request itself broke
+    # something). Only the driver's class is logged: its message can name hosts and users, and
+    # SQLAlchemy's adds the SQL.
+    ours = (
+        error if isinstance(error, DatabaseUnavailable | DatabaseNotMigrated) else translated(error)
+    )
+    if ours is None:
+        return _handle_unexpected(request, error)
+    retry_after = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+    if isinstance(ours, DatabaseNotMigrated):
+        logger.error("%s %s: %s", request.method, request.url.path, ours)
+        return error_response(
+            503,
+            "DatabaseNotMigrated",
+            "the database lacks postroom's tables; the operator must run `postroom migrate`",
+            headers=retry_after,
+        )
+    assert isinstance(ours, DatabaseUnavailable)
     logger.warning(
-        "database unavailable in %s %s: %s",
-        request.method,
-        request.url.path,
-        type(error.orig).__name__,
+        "database unavailable in %s %s: %s", request.method, request.url.path, ours.driver_error
     )
     return error_response(
         503,
         "DatabaseUnavailable",
         "the database is unavailable; retry later (a send retried with the same "
         "Idempotency-Key is stored once)",
-        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        headers=retry_after,
     )
 
 
@@ -194,5 +213,6 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_class, _handle_postroom_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(HTTPException, _handle_http_error)
-    app.add_exception_handler(OperationalError, _handle_database_unavailable)
+    for database_error in (DBAPIError, PoolTimeout, DatabaseUnavailable, DatabaseNotMigrated):
+        app.add_exception_handler(database_error, _handle_database_error)
     app.add_exception_handler(Exception, _handle_unexpected)

@@ -14,8 +14,9 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from postroom.client import Postroom
+from postroom.database_errors import driver_reason
 from postroom.db import create_db_engine
-from postroom.errors import PostroomError
+from postroom.errors import DatabaseNotMigrated, DatabaseUnavailable, PostroomError
 from postroom.revisions import SchemaRevision, schema_revision
 from postroom.settings import Settings, redact_url
 
@@ -75,23 +76,37 @@ def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except PostroomError as error:
-            raise fail(str(error)) from None
-        except DBAPIError as error:
+        except (DBAPIError, DatabaseUnavailable, DatabaseNotMigrated) as error:
             # Typer passes the context it made, an instance of its Click's own class, not of
             # typer.Context: found by the name every postroom command gives it
             ctx = kwargs.get("ctx")
-            if ctx is None:  # a command without settings: nothing to explain it with
+            if ctx is not None:
+                database_failure(state(cast(typer.Context, ctx)).settings, error)
+            if isinstance(error, DBAPIError):  # a command without settings: nothing to add
                 raise
-            database_failure(state(cast(typer.Context, ctx)).settings, error)
+            raise _exit_for(error) from None
+        except PostroomError as error:
+            raise fail(str(error)) from None
 
     return run
 
 
-def database_failure(settings: Settings, error: DBAPIError) -> NoReturn:
-    """Say what is wrong with the database behind ``error``; raise it again if nothing is."""
+def database_failure(
+    settings: Settings, error: DBAPIError | DatabaseUnavailable | DatabaseNotMigrated
+) -> NoReturn:
+    """Say what is wrong with the database behind ``error``.
+
+    When the check finds nothing wrong (the database came back in between), a postroom error
+    is told as it is and any other error is raised again.
+    """
     _check_database(settings)
-    raise error
+    if isinstance(error, DBAPIError):
+        raise error
+    raise _exit_for(error) from None
+
+
+def _exit_for(error: DatabaseUnavailable | DatabaseNotMigrated) -> typer.Exit:
+    return unavailable(str(error)) if isinstance(error, DatabaseUnavailable) else fail(str(error))
 
 
 def require_migrated(settings: Settings) -> None:
@@ -118,15 +133,6 @@ def _check_database(settings: Settings) -> SchemaRevision:
     if revision.behind:
         raise fail(f"{revision.describe()} ({url}): run `postroom migrate`")
     return revision
-
-
-def driver_reason(error: DBAPIError) -> str:
-    """The first line of the driver's own message, without the SQL SQLAlchemy adds to it.
-
-    libpq's and sqlite3's words name the host and the user, never the password.
-    """
-    lines = str(error.orig).strip().splitlines()
-    return lines[0] if lines else type(error.orig).__name__
 
 
 def state(ctx: typer.Context) -> CliState:

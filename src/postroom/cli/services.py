@@ -8,7 +8,8 @@ import typer
 from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError
 
-from postroom.cli.main import driver_reason, exits_on_errors, require_migrated, state, unavailable
+from postroom.cli.main import exits_on_errors, require_migrated, state, unavailable
+from postroom.database_errors import driver_reason
 from postroom.db import create_db_engine
 from postroom.settings import Settings, redact_url
 from postroom.tasks import QUEUES
