@@ -80,11 +80,9 @@ def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
             # Typer passes the context it made, an instance of its Click's own class, not of
             # typer.Context: found by the name every postroom command gives it
             ctx = kwargs.get("ctx")
-            if ctx is not None:
-                database_failure(state(cast(typer.Context, ctx)).settings, error)
-            if isinstance(error, DBAPIError):  # a command without settings: nothing to add
-                raise
-            raise _exit_for(error) from None
+            database_failure(
+                None if ctx is None else state(cast(typer.Context, ctx)).settings, error
+            )
         except PostroomError as error:
             raise fail(str(error)) from None
 
@@ -92,14 +90,15 @@ def exits_on_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def database_failure(
-    settings: Settings, error: DBAPIError | DatabaseUnavailable | DatabaseNotMigrated
+    settings: Settings | None, error: DBAPIError | DatabaseUnavailable | DatabaseNotMigrated
 ) -> NoReturn:
     """Say what is wrong with the database behind ``error``.
 
-    When the check finds nothing wrong (the database came back in between), a postroom error
-    is told as it is and any other error is raised again.
+    When the check finds nothing wrong (the database came back in between), or there are no
+    ``settings`` to check with, a postroom error is told as it is and any other is raised again.
     """
-    _check_database(settings)
+    if settings is not None:
+        _check_database(settings)
     if isinstance(error, DBAPIError):
         raise error
     raise _exit_for(error) from None
