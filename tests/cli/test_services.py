@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import ast
+import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -47,25 +50,89 @@ def test_the_worker_command_path_imports_no_library_that_only_other_paths_use():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_worker_command_builds_celerys_worker_with_its_options_without_celerys_cli(
+    sqlite_url, tmp_path
+):
+    # Worker.start replaced: the worker is built for real, then reports instead of running
+    code = textwrap.dedent(
+        """
+        import sys
+
+        from celery.apps.worker import Worker
+
+        from postroom.cli.main import main_app
+
+        def report(worker):
+            consumer_steps = {step.name: step.enabled for step in worker.consumer.blueprint.order}
+            print(repr({
+                "hostname": worker.hostname,
+                "concurrency": worker.concurrency,
+                "loglevel": worker.loglevel,
+                "queues": list(worker.app.amqp.queues.consume_from),
+                "beat": worker.blueprint.steps["celery.worker.components.Beat"].enabled,
+                "gossip": consumer_steps["celery.worker.consumer.gossip.Gossip"],
+                "mingle": consumer_steps["celery.worker.consumer.mingle.Mingle"],
+                "celery_cli": sorted(
+                    {"celery.bin.celery", "click_repl", "prompt_toolkit"} & set(sys.modules)
+                ),
+            }))
+            worker.exitcode = 3
+
+        Worker.start = report
+        main_app()(sys.argv[1:])
+        """
+    )
+    argv = ["worker", "-q", "-c", "3", "-l", "debug", "-B"]
+    argv += ["-Q", "postroom.maintenance,postroom.transactional"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env=os.environ | _env(sqlite_url, tmp_path),
+    )
+    assert result.returncode == 3, result.stderr  # the worker's exit code is the command's
+    reported = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert reported["hostname"].startswith("postroom@")
+    assert "%" not in reported["hostname"]
+    assert reported["concurrency"] == 3
+    assert reported["loglevel"] == logging.DEBUG
+    assert reported["queues"] == ["postroom.maintenance", "postroom.transactional"]
+    assert reported["beat"] is True
+    assert reported["gossip"] is False and reported["mingle"] is False
+    assert reported["celery_cli"] == []
+
+
+def test_worker_and_beat_refuse_an_unknown_log_level_with_exit_2(sqlite_url, tmp_path, started):
+    env = _env(sqlite_url, tmp_path)
+    for command in ("worker", "beat"):
+        result = _run(env, command, "--loglevel", "chatty")
+        assert result.exit_code == 2, result.output
+        assert "'chatty' is not one of" in result.output
+    assert started == []
+    assert _run(env, "beat", "-l", "warning").exit_code == 0
+    assert started == ["beat"]
+
+
 def test_the_worker_command_freezes_what_each_pool_process_inherits(
     sqlite_url, tmp_path, monkeypatch
 ):
     import gc
 
-    from celery import Celery
     from celery.signals import worker_process_init
     from typer.testing import CliRunner
 
+    from postroom.cli import services
     from postroom.cli.main import main_app
 
     frozen_in_pool: list[int] = []
 
-    def fork_one_pool_process(self, argv):
+    def fork_one_pool_process(app, **options):
         # what billiard runs in each process it forks, here in this one
         worker_process_init.send(sender=None)
         frozen_in_pool.append(gc.get_freeze_count())
+        return 0
 
-    monkeypatch.setattr(Celery, "worker_main", fork_one_pool_process)
+    monkeypatch.setattr(services, "run_celery_worker", fork_one_pool_process)
     monkeypatch.chdir(tmp_path)
     env = {
         "POSTROOM_DATABASE_URL": sqlite_url,
@@ -97,11 +164,12 @@ def _env(database_url, tmp_path):
 def started(monkeypatch):
     """What the long-running commands would have started, instead of starting it."""
     import uvicorn
-    from celery import Celery
+
+    from postroom.cli import services
 
     calls: list[str] = []
-    monkeypatch.setattr(Celery, "worker_main", lambda self, argv: calls.append("worker"))
-    monkeypatch.setattr(Celery, "start", lambda self, argv: calls.append("beat"))
+    monkeypatch.setattr(services, "run_celery_worker", lambda app, **_: calls.append("worker"))
+    monkeypatch.setattr(services, "run_celery_beat", lambda app, **_: calls.append("beat"))
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append("api"))
     return calls
 
