@@ -175,7 +175,7 @@ def html_to_text(html: str) -> str:  # noqa: C901 (one loop on purpose: see belo
                     pass  # inside a skipped element nothing else counts, closed or not
                 elif rule == _ITEM:
                     if out:
-                        out.append(_OWED[breaks] if breaks > 1 else "\n")
+                        out.append(_OWED[max(breaks, 1)])  # an item starts a line at least
                     out.append("- " if lists < 2 else "  " * (lists - 1) + "- ")
                     breaks, space = 0, False
                 elif rule == _LINK:
