@@ -64,3 +64,22 @@ def test_the_curl_line_survives_a_shell(tmp_path):
     assert words[-1] == (
         '{"to": "you@example.com", "subject": "Hello from postroom", "text": "It works."}'
     )
+
+
+def test_dev_refuses_an_unknown_worker_log_level_before_starting_anything(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from postroom.cli import dev
+    from postroom.cli.main import main_app
+
+    started: list[object] = []
+    monkeypatch.setattr(dev, "run_dev", lambda settings, **options: started.append(options) or 0)
+    env = {"POSTROOM_DATA_DIR": str(tmp_path / ".postroom")}
+    refused = CliRunner().invoke(main_app(), ["dev", "--worker-loglevel", "chatty"], env=env)
+    assert refused.exit_code == 2
+    assert "'chatty' is not one of" in refused.output
+    assert started == []
+
+    accepted = CliRunner().invoke(main_app(), ["dev", "--worker-loglevel", "info"], env=env)
+    assert accepted.exit_code == 0, accepted.output
+    assert started == [{"worker_loglevel": dev.LogLevel.INFO}]

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from postroom import api_keys
 from postroom.cli.main import err_console, exits_on_errors, fail, state
+from postroom.cli.services import LogLevel
 from postroom.client import Postroom
 from postroom.db import create_db_engine
 from postroom.devinbox import DevInbox
@@ -149,7 +150,9 @@ def _status(line: str) -> None:
     console.print(f"[dim]postroom dev:[/] {escape(line)}", highlight=False)
 
 
-def _start_everything(supervisor: Supervisor, settings: Settings, *, worker_loglevel: str) -> None:
+def _start_everything(
+    supervisor: Supervisor, settings: Settings, *, worker_loglevel: LogLevel
+) -> None:
     env = child_env(settings)
     if settings.broker_url:
         _status(f"using the configured broker {redact_url(settings.broker_url)}")
@@ -166,7 +169,9 @@ def _start_everything(supervisor: Supervisor, settings: Settings, *, worker_logl
         supervisor.start(
             ChildSpec(
                 name="worker",
-                argv=_postroom_argv("worker", "--beat", "--quiet", f"--loglevel={worker_loglevel}"),
+                argv=_postroom_argv(
+                    "worker", "--beat", "--quiet", f"--loglevel={worker_loglevel.value}"
+                ),
                 env=env,
                 ready=_worker_answers(client),
                 ready_timeout=60.0,
@@ -226,7 +231,7 @@ def _print_banner(settings: Settings, key: str) -> None:
     console.print("\nPress Ctrl-C to stop everything.\n")
 
 
-def run_dev(settings: Settings, *, worker_loglevel: str = "WARNING") -> int:
+def run_dev(settings: Settings, *, worker_loglevel: LogLevel = LogLevel.WARNING) -> int:
     """Run everything until a stop signal (exit code 0) or until a child dies (exit code 1)."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_port_free("127.0.0.1", settings.dev_inbox_port, setting="POSTROOM_DEV_INBOX_PORT")
@@ -264,10 +269,11 @@ def register(app: typer.Typer) -> None:
     @exits_on_errors
     def dev(
         ctx: typer.Context,
-        worker_loglevel: str = typer.Option(
+        worker_loglevel: LogLevel = typer.Option(
             # INFO logs the beat's dispatch sweep every few seconds, burying the printed curl.
-            "WARNING",
+            LogLevel.WARNING,
             "--worker-loglevel",
+            case_sensitive=False,
             help="The worker's log level; INFO logs every task.",
         ),
     ) -> None:
